@@ -1,0 +1,22 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "chatkit-fcgi",
+    products: [
+        .executable(name: "chatkit-fcgi", targets: ["chatkit-fcgi"]),
+    ],
+    targets: [
+        .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto"]),
+        .executableTarget(name: "chatkit-fcgi", dependencies: ["ChatKitFCGI"]),
+        .testTarget(
+            name: "ChatKitFCGITests",
+            dependencies: ["ChatKitFCGI"],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

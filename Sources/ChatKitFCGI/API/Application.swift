@@ -1,0 +1,94 @@
+import Synchronization
+
+/// Process-wide state shared by every worker thread: configuration, the token verifier and the
+/// shutdown state. Everything per-connection (SQLite, libcurl) lives in `Worker`.
+public final class Application: Sendable {
+    public let config: Config
+    public let verifier: JWTVerifier
+    public let toolbox: Toolbox
+    public let lifecycle = Lifecycle()
+
+    public init(config: Config, verifier: JWTVerifier, toolbox: Toolbox = TaskTools.toolbox) {
+        self.config = config
+        self.verifier = verifier
+        self.toolbox = toolbox
+    }
+
+    /// The verifier the configuration asks for; a JWKS URL is fetched with libcurl.
+    public static func verifier(for config: Config) -> JWTVerifier {
+        var keySource: JWKSource?
+        if let path = config.jwksFile {
+            keySource = JWKSource {
+                () throws(AuthError) -> [UInt8] in
+                do throws(FileSystem.Failure) {
+                    return try FileSystem.read(path)
+                } catch {
+                    throw .keySetUnavailable(error.description)
+                }
+            }
+        } else if let url = config.jwksURL {
+            keySource = JWKSource { () throws(AuthError) -> [UInt8] in try JWKSFetch.get(url) }
+        }
+        return JWTVerifier(
+            hmacSecret: config.betterAuthSecret, keySource: keySource, issuer: config.jwtIssuer,
+            audience: config.jwtAudience, leewaySeconds: Double(config.jwtLeewaySeconds))
+    }
+}
+
+/// Drain on SIGTERM: stop taking work, let streams finish, then cut what remains.
+public final class Lifecycle: Sendable {
+    private let draining = Atomic(false)
+    private let expired = Atomic(false)
+    private let active = Atomic(0)
+
+    public var isDraining: Bool { draining.load(ordering: .acquiring) }
+    /// Set when the drain deadline passes: streams still running end with an error record.
+    public var graceExpired: Bool { expired.load(ordering: .acquiring) }
+    public var activeRequests: Int { active.load(ordering: .acquiring) }
+
+    public func beginDraining() { draining.store(true, ordering: .releasing) }
+    public func expireGrace() { expired.store(true, ordering: .releasing) }
+    func requestStarted() { active.add(1, ordering: .acquiringAndReleasing) }
+    func requestEnded() { active.subtract(1, ordering: .acquiringAndReleasing) }
+}
+
+enum JWKSFetch {
+    /// jose's defaults: 5 s timeout, redirects not followed, only a 200 counts.
+    static func get(_ url: String) throws(AuthError) -> [UInt8] {
+        var request = HTTPClient.Request(url: url)
+        request.headers = ["Accept: application/json, application/jwk-set+json"]
+        request.totalTimeoutMilliseconds = 5_000
+        var body: [UInt8] = []
+        let head: HTTPResponseHead
+        do throws(TransferError) {
+            head = try HTTPClient().perform(request) { bytes in
+                body.append(contentsOf: bytes)
+                return body.count <= 1 << 20
+            }
+        } catch {
+            throw .keySetUnavailable(error.description)
+        }
+        guard head.status == 200 else { throw .keySetUnavailable("HTTP \(head.status) from the JWKS URL") }
+        return body
+    }
+}
+
+/// One line per request on stderr: method, path, status, duration, model rounds, tokens.
+public struct RequestLog {
+    var method = ""
+    var path = ""
+    var status = 0
+    var rounds = 0
+    var usage = ChatCompletionChunk.Usage()
+    var note: String?
+    let startedMilliseconds = Clock.monotonicMilliseconds()
+
+    var line: String {
+        let milliseconds = Clock.monotonicMilliseconds() - startedMilliseconds
+        let duration = String(Double(Int(milliseconds * 10)) / 10)
+        var line = "\(method) \(path) \(status) \(duration)ms rounds=\(rounds) "
+            + "tokens=\(usage.promptTokens)+\(usage.completionTokens)"
+        if let note { line += " (\(note))" }
+        return line
+    }
+}

@@ -1,0 +1,173 @@
+/// The body of `POST /api/chat`.
+public struct ChatRequest: Equatable {
+    public var message: String
+    public var conversationID: Int64?
+
+    /// Only the last message is new input: history always comes from our store, so a client
+    /// cannot put words in the assistant's mouth. Earlier entries are still checked for shape.
+    public init(body: [UInt8]) throws(APIError) {
+        let json: JSON
+        do throws(JSONParseError) {
+            json = try JSON.parse(body)
+        } catch {
+            throw .badRequest("body is not valid JSON: \(error)")
+        }
+        guard case .object = json else { throw .invalidBody("body must be a JSON object") }
+        guard let messages = json["messages"]?.arrayValue else {
+            throw .invalidBody("messages must be an array of {role, content} objects")
+        }
+        guard let last = messages.last else { throw .invalidBody("messages must not be empty") }
+        for (index, message) in messages.enumerated() {
+            guard case .object = message, let role = message["role"]?.stringValue,
+                ["user", "assistant", "system", "tool"].contains(role)
+            else { throw .invalidBody("messages[\(index)].role must be user, assistant, system or tool") }
+            if let content = message["content"], Self.text(of: content) == nil, content != .null {
+                throw .invalidBody("messages[\(index)].content must be a string or a list of text parts")
+            }
+        }
+        guard last["role"]?.stringValue == "user" else { throw .invalidBody("the last message must have role user") }
+        guard let text = last["content"].flatMap(Self.text(of:)), !text.trimmed().isEmpty else {
+            throw .invalidBody("the last message must have non-empty text content")
+        }
+        message = text
+        switch json["conversation_id"] {
+        case nil, .null?: conversationID = nil
+        case .int(let id)? where id > 0: conversationID = Int64(id)
+        default: throw .invalidBody("conversation_id must be a positive integer or null")
+        }
+    }
+
+    /// A string, or an array of `{"type":"text","text":...}` parts as the chat API allows.
+    static func text(of content: JSON) -> String? {
+        if let string = content.stringValue { return string }
+        guard let parts = content.arrayValue else { return nil }
+        var text = ""
+        for part in parts {
+            guard part["type"]?.stringValue == "text", let piece = part["text"]?.stringValue else { return nil }
+            text += piece
+        }
+        return text
+    }
+}
+
+/// `POST /api/chat`: one user turn, answered as a Server-Sent Events stream.
+struct ChatEndpoint {
+    let worker: Worker
+
+    func handle(_ request: HTTPRequest, user: String, writer: ResponseWriter, log: inout RequestLog) throws {
+        guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
+        let chat = try ChatRequest(body: request.body)
+        let store = try worker.store()
+        let conversation: Conversation
+        if let id = chat.conversationID {
+            guard let owned = try store.conversation(id: id, userID: user) else {
+                throw APIError.notFound("conversation not found")
+            }
+            conversation = owned
+        } else {
+            conversation = try store.createConversation(userID: user, title: Self.title(for: chat.message))
+        }
+        try store.append([.user(chat.message)], to: conversation.id)
+        let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
+
+        let stream = ChatStream(conversationID: conversation.id, writer: writer, worker: worker)
+        let summary = try worker.agent().run(
+            history: history, context: ToolContext(userID: user, store: store), observer: stream
+        ) { messages in try store.append(messages, to: conversation.id) }
+        log.rounds = summary.rounds
+        log.usage = summary.usage
+        stream.finish(summary.end, log: &log)
+    }
+
+    /// A short truncation of the first message, on a word boundary where one is near.
+    static func title(for message: String) -> String {
+        let flat = String(message.trimmed().map { $0.isNewline ? " " : $0 })
+        guard flat.count > 60 else { return flat }
+        let cut = flat.prefix(60)
+        let boundary = cut.lastIndex(of: " ").map { cut[..<$0] } ?? cut
+        return String(boundary.count >= 30 ? boundary : cut) + "…"
+    }
+}
+
+/// Turns agent events into the /api/chat record stream. The head is written lazily, so a model
+/// failure before any output can still be an HTTP status with a JSON body.
+final class ChatStream: AgentObserver {
+    private let conversationID: Int64
+    private let writer: ResponseWriter
+    private let sse: SSEWriter
+    private let worker: Worker
+
+    init(conversationID: Int64, writer: ResponseWriter, worker: Worker) {
+        self.conversationID = conversationID
+        self.writer = writer
+        self.sse = SSEWriter(writer: writer)
+        self.worker = worker
+    }
+
+    var clientDescriptor: Int32? { writer.clientDescriptor }
+
+    private func startIfNeeded() {
+        guard !sse.started else { return }
+        sse.start(extraHeaders: [("X-Conversation-Id", String(conversationID))])
+        sse.send(["type": "conversation", "conversation_id": .int(Int(conversationID))])
+    }
+
+    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool {
+        startIfNeeded()
+        return sse.send(payload: payload)
+    }
+
+    func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) {
+        startIfNeeded()
+        var record: [(String, JSON)] = [
+            ("type", "tool_result"), ("name", .string(call.name)), ("tool_call_id", .string(call.id)),
+        ]
+        switch result {
+        case .success(let json): record += [("result", json), ("is_error", false)]
+        case .failure(let error): record += [("result", ["error": .string(error.message)]), ("is_error", true)]
+        }
+        sse.send(.object(record))
+    }
+
+    func idle() -> Bool {
+        if worker.app.lifecycle.graceExpired { return false }
+        let interval = Double(worker.app.config.keepaliveSeconds) * 1000
+        if Clock.monotonicMilliseconds() - sse.lastWriteMilliseconds >= interval {
+            startIfNeeded()
+            return sse.keepalive()
+        }
+        return !sse.clientGone
+    }
+
+    func finish(_ end: TurnEnd, log: inout RequestLog) {
+        switch end {
+        case .answered:
+            startIfNeeded()
+            sse.done()
+        case .roundLimitReached(let rounds):
+            log.note = "round limit"
+            startIfNeeded()
+            sse.send(["type": "error", "code": "max_tool_rounds",
+                      "detail": .string("stopped after \(rounds) model rounds without a final answer")])
+            sse.done()
+        case .failed(.cancelled) where worker.app.lifecycle.graceExpired:
+            log.note = "ended by shutdown"
+            startIfNeeded()
+            sse.send(["type": "error", "code": "server_shutdown", "detail": "the server is restarting; ask again"])
+            sse.done()
+        case .failed(.cancelled):
+            log.note = "client disconnected"
+        case .failed(let error):
+            log.note = error.description
+            let apiError = APIError.model(error)
+            if sse.started {
+                sse.send(["type": "error", "code": "upstream_error", "detail": .string(apiError.detail)])
+                sse.done()
+            } else {
+                apiError.write(
+                    to: writer, extra: [("conversation_id", .int(Int(conversationID)))],
+                    headers: [("X-Conversation-Id", String(conversationID))])
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+/// What one worker thread owns: its SQLite connection and its libcurl handles, opened on first
+/// use and reused for every request the thread serves. Routing happens here.
+public final class Worker {
+    public let app: Application
+    private var openStore: SQLiteStore?
+    private var modelClient: ModelClient?
+
+    public init(app: Application) {
+        self.app = app
+    }
+
+    func store() throws -> any Store {
+        if let openStore { return openStore }
+        let store = try SQLiteStore(path: app.config.databasePath)
+        openStore = store
+        return store
+    }
+
+    func agent() -> Agent {
+        let client = modelClient ?? {
+            var settings = ModelClient.Settings(
+                baseURL: app.config.openAIBaseURL, apiKey: app.config.openAIAPIKey, model: app.config.model)
+            settings.connectTimeoutMilliseconds = app.config.connectTimeoutMilliseconds
+            settings.stallTimeoutSeconds = app.config.stallTimeoutSeconds
+            return ModelClient(settings: settings, http: HTTPClient())
+        }()
+        modelClient = client
+        return Agent(
+            model: client, toolbox: app.toolbox, systemPrompt: app.config.systemPrompt,
+            maxRounds: app.config.maxToolRounds)
+    }
+
+    /// Serves one request. Every failure ends as a JSON error before the stream starts, or as an
+    /// in-band error record after it; nothing escapes to the edge.
+    public func handle(_ request: HTTPRequest, writer: ResponseWriter) -> RequestLog {
+        var log = RequestLog(method: request.method, path: request.path)
+        do {
+            try route(request, writer: writer, log: &log)
+        } catch {
+            let apiError: APIError
+            switch error {
+            case let known as APIError: apiError = known
+            case let auth as AuthError: apiError = .unauthorized(auth)
+            default:
+                Log.error("\(request.method) \(request.path): \(error)")
+                apiError = .storageUnavailable
+            }
+            if case .unauthorized(let reason) = apiError { log.note = reason.description }
+            if writer.headWritten {
+                let sse = SSEWriter(writer: writer)
+                sse.send(["type": "error", "code": "internal_error", "detail": .string(apiError.detail)])
+                sse.done()
+            } else {
+                apiError.write(to: writer)
+            }
+        }
+        return log
+    }
+
+    private func route(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+        switch request.path {
+        case "/api/chat":
+            guard request.method == "POST" else { throw APIError.methodNotAllowed(allowed: ["POST"]) }
+            if app.lifecycle.isDraining { throw APIError.shuttingDown }
+            let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
+            try ChatEndpoint(worker: self).handle(request, user: user.subject, writer: writer, log: &log)
+        default:
+            throw APIError.notFound("no such endpoint: \(request.path)")
+        }
+    }
+}

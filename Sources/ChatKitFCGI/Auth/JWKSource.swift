@@ -1,0 +1,70 @@
+import Synchronization
+
+/// A cached JWKS with jose's refresh policy: refetch when older than `maximumAge`, and on an
+/// unknown `kid` (key rotation) at most once per `cooldown`. One fetch runs at a time; a failed
+/// fetch keeps the keys we had.
+public final class JWKSource: Sendable {
+    public typealias Fetch = @Sendable () throws(AuthError) -> [UInt8]
+
+    private struct State {
+        var keySet: JSONWebKeySet?
+        var fetchedAt = -Double.infinity
+        var lastAttempt = -Double.infinity
+    }
+
+    private let fetch: Fetch
+    private let clock: @Sendable () -> Double
+    private let cooldown: Double
+    private let maximumAge: Double
+    private let state = Mutex(State())
+    /// Held only while fetching, so lookups of known keys never wait for the network.
+    private let fetchLock = Mutex(())
+
+    public init(
+        cooldown: Double = 30, maximumAge: Double = 600,
+        clock: @escaping @Sendable () -> Double = Clock.unixTime, fetch: @escaping Fetch
+    ) {
+        self.fetch = fetch
+        self.clock = clock
+        self.cooldown = cooldown
+        self.maximumAge = maximumAge
+    }
+
+    /// Fetches now; used at start so a bad JWKS configuration is reported early.
+    @discardableResult
+    public func load() throws(AuthError) -> JSONWebKeySet {
+        let keySet = try JSONWebKeySet(document: try fetch())
+        let now = clock()
+        state.withLock {
+            $0.keySet = keySet
+            $0.fetchedAt = now
+            $0.lastAttempt = now
+        }
+        return keySet
+    }
+
+    public func key(id: String?, algorithm: JWSAlgorithm) throws(AuthError) -> JSONWebKey {
+        let (keySet, fetchedAt) = state.withLock { ($0.keySet, $0.fetchedAt) }
+        if let key = keySet?.key(id: id, algorithm: algorithm) {
+            if clock() - fetchedAt >= maximumAge {
+                // Stale but usable: refresh if nobody else is, and never block on it.
+                _ = fetchLock.withLockIfAvailable { _ in refreshIfCooledDown() }
+            }
+            return key
+        }
+        fetchLock.withLock { _ in refreshIfCooledDown() }
+        guard let key = state.withLock({ $0.keySet })?.key(id: id, algorithm: algorithm) else { throw .unknownKey }
+        return key
+    }
+
+    private func refreshIfCooledDown() {
+        let now = clock()
+        guard now - state.withLock({ $0.lastAttempt }) >= cooldown else { return }
+        state.withLock { $0.lastAttempt = now }
+        do throws(AuthError) {
+            try load()
+        } catch {
+            Log.warning("JWKS refresh failed, keeping the cached keys: \(error)")
+        }
+    }
+}

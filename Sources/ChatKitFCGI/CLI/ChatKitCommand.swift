@@ -1,0 +1,200 @@
+import CFastCGI
+import Glibc
+
+/// `chatkit-fcgi serve | token | migrate | check-config`. Returns the exit status.
+public enum ChatKitCommand {
+    public static let version = "0.1.0"
+
+    public static func run(_ arguments: [String]) -> Int32 {
+        var arguments = Array(arguments.dropFirst())
+        let command = arguments.isEmpty ? "serve" : arguments.removeFirst()
+        do {
+            switch command {
+            case "serve": return try serve(Flags(arguments, allowed: ["--socket", "--threads"]))
+            case "token": return try token(Flags(arguments, allowed: ["--sub", "--ttl"]))
+            case "migrate": return try migrate(Flags(arguments, allowed: []))
+            case "check-config": return try checkConfig(Flags(arguments, allowed: []))
+            case "--help", "-h", "help": print(usage); return 0
+            case "--version", "-V": print("chatkit-fcgi \(version)"); return 0
+            default: throw UsageError("unknown command \(command)")
+            }
+        } catch let error as UsageError {
+            printError("\(error.message)\n\n\(usage)")
+            return 64
+        } catch let error as Config.Invalid {
+            printError("invalid configuration:\n" + error.problems.map { "  - \($0)" }.joined(separator: "\n"))
+            return 78
+        } catch {
+            printError("\(error)")
+            return 1
+        }
+    }
+
+    static var usage: String {
+        """
+        usage: chatkit-fcgi <command> [options]
+
+        commands:
+          serve [--socket PATH] [--threads N]   run the FastCGI responder (default command). The
+                                                socket comes from systemd (LISTEN_FDS), else an
+                                                inherited fd 0, else PATH, created with mode
+                                                CHATKIT_SOCKET_MODE
+          token --sub USER [--ttl SECONDS]      print an HS256 dev token signed with BETTER_AUTH_SECRET
+          migrate                               create or upgrade the database schema
+          check-config                          validate the environment and say what is wrong
+          --help, --version
+
+        environment:
+        """ + "\n" + Config.variables.map { "  \($0.name.padding(30))\($0.meaning)" }.joined(separator: "\n")
+    }
+
+    // MARK: Commands
+
+    private static func serve(_ flags: Flags) throws -> Int32 {
+        var config = try Config.load()
+        if let path = flags["--socket"] { config.socketPath = path }
+        if let threads = flags["--threads"] {
+            guard let count = Int(threads), (1...4096).contains(count) else { throw UsageError("--threads must be 1...4096") }
+            config.threads = count
+        }
+        try SQLiteStore(path: config.databasePath).migrate()
+        let app = Application(config: config, verifier: Application.verifier(for: config))
+        do {
+            try app.verifier.preloadKeys()
+        } catch {
+            // The identity server may still be starting; keys are fetched again on demand.
+            Log.warning("\(error)")
+        }
+
+        // Block the stop signals before any thread exists, so only `sigwait` below sees them
+        // (libfcgi's own SIGTERM handler would otherwise just set a flag).
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        signal(SIGPIPE, SIG_IGN)
+        Curl.globalInit()
+        guard FCGX_Init() == 0 else { throw ServeError("FCGX_Init failed") }
+
+        let (listenFD, origin) = try ListenSocket.acquire(
+            path: config.socketPath, mode: config.socketMode, backlog: config.listenBacklog)
+        FastCGIServer(listenFD: listenFD, app: app).startWorkers(count: config.threads)
+        Log.info("serving with \(config.threads) threads (\(origin)), database \(config.databasePath), model \(config.model) at \(config.openAIBaseURL)")
+        SystemdNotify.send("READY=1\nSTATUS=serving")
+
+        var received: Int32 = 0
+        sigwait(&stopSignals, &received)
+        Log.info("signal \(received): draining \(app.lifecycle.activeRequests) requests for up to \(config.shutdownGraceSeconds) s")
+        SystemdNotify.send("STOPPING=1")
+        app.lifecycle.beginDraining()
+        FCGX_ShutdownPending()
+        if case .created(let path) = origin {
+            // Our own socket: stop accepting now. An inherited one belongs to systemd, which
+            // keeps queueing connections for the next instance.
+            shutdown(listenFD, Int32(SHUT_RDWR))
+            unlink(path)
+        }
+        let deadline = Clock.monotonicMilliseconds() + Double(config.shutdownGraceSeconds) * 1000
+        while app.lifecycle.activeRequests > 0, Clock.monotonicMilliseconds() < deadline { usleep(20_000) }
+        if app.lifecycle.activeRequests > 0 {
+            app.lifecycle.expireGrace()
+            // Running streams notice within one 100 ms tick and send their closing records.
+            let cutoff = Clock.monotonicMilliseconds() + 2_000
+            while app.lifecycle.activeRequests > 0, Clock.monotonicMilliseconds() < cutoff { usleep(20_000) }
+        }
+        Log.info("stopped")
+        return 0
+    }
+
+    private static func token(_ flags: Flags) throws -> Int32 {
+        let config = try Config.load()
+        guard let secret = config.betterAuthSecret else { throw UsageError("BETTER_AUTH_SECRET is not set") }
+        guard let subject = flags["--sub"], !subject.isEmpty else { throw UsageError("token needs --sub USER") }
+        let ttl = try flags["--ttl"].map { text in
+            guard let seconds = Int(text), seconds > 0 else { throw UsageError("--ttl must be a positive number of seconds") }
+            return seconds
+        } ?? 3600
+        print(DevToken.mint(subject: subject, secret: secret, ttlSeconds: ttl, issuer: config.jwtIssuer, audience: config.jwtAudience))
+        return 0
+    }
+
+    private static func migrate(_ flags: Flags) throws -> Int32 {
+        let config = try Config.load()
+        let store = try SQLiteStore(path: config.databasePath)
+        let before = store.schemaVersion
+        try store.migrate()
+        print("database \(config.databasePath): schema version \(before) -> \(store.schemaVersion)")
+        return 0
+    }
+
+    private static func checkConfig(_ flags: Flags) throws -> Int32 {
+        let config = try Config.load()
+        var problems: [String] = []
+        do {
+            let store = try SQLiteStore(path: config.databasePath)
+            if store.schemaVersion < SQLiteStore.migrations.count {
+                print("note: database schema \(store.schemaVersion) will be migrated to \(SQLiteStore.migrations.count) at start")
+            }
+        } catch {
+            problems.append("database \(config.databasePath): \(error)")
+        }
+        Curl.globalInit()
+        do {
+            try Application.verifier(for: config).preloadKeys()
+        } catch {
+            problems.append("\(error)")
+        }
+        if config.openAIAPIKey == nil, config.openAIBaseURL.hasPrefix("https://api.openai.com") {
+            problems.append("OPENAI_API_KEY is not set but OPENAI_BASE_URL is OpenAI's API")
+        }
+        config.summary.forEach { print($0) }
+        guard problems.isEmpty else {
+            printError("invalid configuration:\n" + problems.map { "  - \($0)" }.joined(separator: "\n"))
+            return 78
+        }
+        print("configuration OK")
+        return 0
+    }
+
+    private static func printError(_ message: String) {
+        var line = Array("chatkit-fcgi: \(message)\n".utf8)
+        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+struct UsageError: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+struct ServeError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// `--name value` pairs; anything unknown is a usage error rather than silently ignored.
+struct Flags {
+    private var values: [String: String] = [:]
+
+    init(_ arguments: [String], allowed: Set<String>) throws {
+        var iterator = arguments.makeIterator()
+        while let argument = iterator.next() {
+            var name = argument
+            var value: String?
+            if let equals = argument.firstIndex(of: "="), argument.hasPrefix("--") {
+                name = String(argument[..<equals])
+                value = String(argument[argument.index(after: equals)...])
+            }
+            guard allowed.contains(name) else { throw UsageError("unknown option \(argument)") }
+            guard let given = value ?? iterator.next() else { throw UsageError("\(name) needs a value") }
+            values[name] = given
+        }
+    }
+
+    subscript(name: String) -> String? { values[name] }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { self + String(repeating: " ", count: max(1, width - count)) }
+}

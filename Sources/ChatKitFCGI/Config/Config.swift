@@ -1,0 +1,183 @@
+import Glibc
+
+/// Every setting, validated once. Built from the environment (and systemd credentials) plus
+/// command-line flags; `check-config` prints the problems this collects.
+public struct Config: Sendable {
+    public var databasePath = "chatkit.db"
+    public var openAIAPIKey: String?
+    public var openAIBaseURL = "https://api.openai.com/v1"
+    public var model = "gpt-4o-mini"
+    public var systemPrompt = Config.defaultSystemPrompt
+    public var betterAuthSecret: String?
+    public var jwksURL: String?
+    public var jwksFile: String?
+    public var jwtIssuer: String?
+    public var jwtAudience: String?
+    public var jwtLeewaySeconds = 60
+    public var threads = 256
+    public var socketPath: String?
+    public var socketMode: UInt32 = 0o660
+    public var listenBacklog = 1024
+    public var historyLimit = 50
+    public var maxToolRounds = 8
+    public var maxBodyBytes = 1 << 20
+    public var connectTimeoutMilliseconds = 5_000
+    public var stallTimeoutSeconds = 60
+    public var keepaliveSeconds = 15
+    public var shutdownGraceSeconds = 30
+
+    public static let defaultSystemPrompt = """
+        You are a helpful assistant that manages the user's todo list. Use the tools to add, list, \
+        complete, delete and update tasks, and answer briefly.
+        """
+
+    /// Every variable this program reads, with what it means; `--help` and the README print it.
+    public static let variables: [(name: String, meaning: String)] = [
+        ("DATABASE_URL", "sqlite:///absolute/path.db or a plain path (default ./chatkit.db)"),
+        ("OPENAI_API_KEY", "API key for the model server (or credential openai_api_key)"),
+        ("OPENAI_BASE_URL", "OpenAI-compatible base URL (default https://api.openai.com/v1)"),
+        ("OPENAI_MODEL", "model name (default gpt-4o-mini)"),
+        ("CHATKIT_SYSTEM_PROMPT", "system prompt sent first on every model call"),
+        ("BETTER_AUTH_SECRET", "HS256 secret for Bearer tokens (or credential better_auth_secret)"),
+        ("JWT_JWKS_URL", "JWKS URL for EdDSA/ES256/RS256 tokens, e.g. https://app/api/auth/jwks"),
+        ("JWT_JWKS_FILE", "JWKS file instead of a URL (re-read on unknown kid)"),
+        ("JWT_ISSUER", "required iss claim, when set"),
+        ("JWT_AUDIENCE", "required aud claim, when set"),
+        ("JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf (default 60)"),
+        ("CHATKIT_THREADS", "worker threads = concurrent requests (default 256)"),
+        ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
+        ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
+        ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 1024)"),
+        ("CHATKIT_HISTORY_LIMIT", "most recent messages replayed to the model (default 50)"),
+        ("CHATKIT_MAX_TOOL_ROUNDS", "model calls per turn before giving up (default 8)"),
+        ("CHATKIT_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
+        ("CHATKIT_CONNECT_TIMEOUT_MS", "connect timeout to the model server (default 5000)"),
+        ("CHATKIT_STALL_TIMEOUT_SECONDS", "abort a model stream silent this long (default 60)"),
+        ("CHATKIT_KEEPALIVE_SECONDS", "SSE comment interval while waiting (default 15)"),
+        ("CHATKIT_SHUTDOWN_GRACE_SECONDS", "how long SIGTERM waits for streams (default 30)"),
+    ]
+
+    public init() {}
+
+    public struct Invalid: Error, CustomStringConvertible {
+        public let problems: [String]
+        public var description: String { problems.joined(separator: "\n") }
+    }
+
+    public static func load(
+        environment: [String: String] = Environment.current(), workingDirectory: String = Environment.workingDirectory()
+    ) throws(Invalid) -> Config {
+        var config = Config()
+        var problems: [String] = []
+        func value(_ name: String) -> String? {
+            guard let raw = environment[name] else { return nil }
+            let trimmed = String(raw.trimmed())
+            return trimmed.isEmpty ? nil : trimmed
+        }
+        func credential(_ id: String) -> String? {
+            guard let directory = value("CREDENTIALS_DIRECTORY"),
+                let text = try? FileSystem.read("\(directory)/\(id)")
+            else { return nil }
+            let secret = String(String(decoding: text, as: UTF8.self).trimmed())
+            return secret.isEmpty ? nil : secret
+        }
+        func integer(_ name: String, _ target: inout Int, range: ClosedRange<Int>) {
+            guard let text = value(name) else { return }
+            guard let parsed = Int(text), range.contains(parsed) else {
+                problems.append("\(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+                return
+            }
+            target = parsed
+        }
+
+        switch DatabaseLocation.parse(value("DATABASE_URL") ?? "chatkit.db", workingDirectory: workingDirectory) {
+        case .success(let path): config.databasePath = path
+        case .failure(let problem): problems.append("DATABASE_URL: \(problem.description)")
+        }
+        config.openAIAPIKey = value("OPENAI_API_KEY") ?? credential("openai_api_key")
+        if let base = value("OPENAI_BASE_URL") {
+            if base.hasPrefix("http://") || base.hasPrefix("https://") {
+                config.openAIBaseURL = base.hasSuffix("/") ? String(base.dropLast()) : base
+            } else {
+                problems.append("OPENAI_BASE_URL=\(base) must start with http:// or https://")
+            }
+        }
+        config.model = value("OPENAI_MODEL") ?? config.model
+        config.systemPrompt = value("CHATKIT_SYSTEM_PROMPT") ?? config.systemPrompt
+        config.betterAuthSecret = value("BETTER_AUTH_SECRET") ?? credential("better_auth_secret")
+        config.jwksURL = value("JWT_JWKS_URL")
+        config.jwksFile = value("JWT_JWKS_FILE")
+        config.jwtIssuer = value("JWT_ISSUER")
+        config.jwtAudience = value("JWT_AUDIENCE")
+        integer("JWT_LEEWAY_SECONDS", &config.jwtLeewaySeconds, range: 0...300)
+        integer("CHATKIT_THREADS", &config.threads, range: 1...4096)
+        config.socketPath = value("CHATKIT_SOCKET")
+        if let mode = value("CHATKIT_SOCKET_MODE") {
+            if let parsed = UInt32(mode, radix: 8), parsed <= 0o777 {
+                config.socketMode = parsed
+            } else {
+                problems.append("CHATKIT_SOCKET_MODE=\(mode) must be an octal mode such as 0660")
+            }
+        }
+        integer("CHATKIT_LISTEN_BACKLOG", &config.listenBacklog, range: 16...65535)
+        integer("CHATKIT_HISTORY_LIMIT", &config.historyLimit, range: 1...10_000)
+        integer("CHATKIT_MAX_TOOL_ROUNDS", &config.maxToolRounds, range: 1...100)
+        integer("CHATKIT_MAX_BODY_BYTES", &config.maxBodyBytes, range: 1024...(64 << 20))
+        integer("CHATKIT_CONNECT_TIMEOUT_MS", &config.connectTimeoutMilliseconds, range: 100...120_000)
+        integer("CHATKIT_STALL_TIMEOUT_SECONDS", &config.stallTimeoutSeconds, range: 1...3600)
+        integer("CHATKIT_KEEPALIVE_SECONDS", &config.keepaliveSeconds, range: 1...300)
+        integer("CHATKIT_SHUTDOWN_GRACE_SECONDS", &config.shutdownGraceSeconds, range: 0...3600)
+
+        if config.betterAuthSecret == nil, config.jwksURL == nil, config.jwksFile == nil {
+            problems.append("no token verification configured: set BETTER_AUTH_SECRET, JWT_JWKS_URL or JWT_JWKS_FILE")
+        }
+        if config.jwksURL != nil, config.jwksFile != nil {
+            problems.append("set only one of JWT_JWKS_URL and JWT_JWKS_FILE")
+        }
+        if let secret = config.betterAuthSecret, secret.utf8.count < 32 {
+            problems.append("BETTER_AUTH_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
+        }
+        if let url = config.jwksURL, !(url.hasPrefix("https://") || url.hasPrefix("http://")) {
+            problems.append("JWT_JWKS_URL=\(url) must be an http(s) URL")
+        }
+        guard problems.isEmpty else { throw Invalid(problems: problems) }
+        return config
+    }
+
+    /// What `check-config` shows: every setting, secrets reduced to whether they are set.
+    public var summary: [String] {
+        [
+            "database: \(databasePath)",
+            "model: \(model) at \(openAIBaseURL) (API key \(openAIAPIKey == nil ? "not set" : "set"))",
+            "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
+                + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"
+                + ", issuer \(jwtIssuer ?? "not checked"), audience \(jwtAudience ?? "not checked")",
+            "threads: \(threads), history limit: \(historyLimit), max tool rounds: \(maxToolRounds)",
+            "max body: \(maxBodyBytes) bytes, model connect timeout: \(connectTimeoutMilliseconds) ms, stall timeout: \(stallTimeoutSeconds) s",
+        ]
+    }
+}
+
+public enum DatabaseLocation {
+    public struct Problem: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// `sqlite:///abs/path.db` or a plain path (relative to the working directory).
+    public static func parse(_ url: String, workingDirectory: String) -> Result<String, Problem> {
+        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+            return .failure(Problem(description: "PostgreSQL is not supported by this build yet"))
+        }
+        var path = url
+        if url.hasPrefix("sqlite://") {
+            path = String(url.dropFirst("sqlite://".count))
+            guard path.hasPrefix("/") else {
+                return .failure(Problem(description: "use sqlite:///absolute/path.db (three slashes)"))
+            }
+        } else if url.contains("://") {
+            return .failure(Problem(description: "unsupported scheme in \(url)"))
+        }
+        guard !path.isEmpty else { return .failure(Problem(description: "empty path")) }
+        return .success(path.hasPrefix("/") ? path : "\(workingDirectory)/\(path)")
+    }
+}

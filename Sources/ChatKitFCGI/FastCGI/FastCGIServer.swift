@@ -1,0 +1,124 @@
+import CFastCGI
+import Glibc
+
+/// Where the listening socket comes from, in the order systemd, spawn-fcgi and a developer
+/// would hand it over.
+public enum ListenSocket {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public enum Origin: Equatable {
+        case socketActivation
+        case inheritedStandardInput
+        /// Created by us: we remove it on shutdown.
+        case created(path: String)
+    }
+
+    public static func acquire(path: String?, mode: UInt32, backlog: Int) throws(Failure) -> (fd: Int32, origin: Origin) {
+        if let fds = getenv("LISTEN_FDS").flatMap({ Int32(String(cString: $0)) }),
+            let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(), fds >= 1
+        {
+            // As sd_listen_fds(1) does: children must not think the sockets are theirs.
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDNAMES")
+            _ = fcntl(3, F_SETFD, FD_CLOEXEC)
+            return (3, .socketActivation)
+        }
+        if isListeningSocket(0) { return (0, .inheritedStandardInput) }
+        guard let path else {
+            throw Failure(description: "no listening socket: use systemd socket activation, spawn-fcgi, or --socket PATH")
+        }
+        let fd = FCGX_OpenSocket(path, Int32(backlog))
+        guard fd >= 0 else { throw Failure(description: "cannot listen on \(path): \(String(cString: strerror(errno)))") }
+        guard chmod(path, mode_t(mode)) == 0 else {
+            throw Failure(description: "cannot chmod \(path): \(String(cString: strerror(errno)))")
+        }
+        return (fd, .created(path: path))
+    }
+
+    private static func isListeningSocket(_ fd: Int32) -> Bool {
+        var accepting: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) == 0 && accepting == 1
+    }
+}
+
+/// Worker threads, each blocking in `FCGX_Accept_r` on the shared listening socket.
+public final class FastCGIServer: @unchecked Sendable {
+    private let listenFD: Int32
+    private let app: Application
+    /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
+    private static let threadStackBytes = 256 << 10
+
+    public init(listenFD: Int32, app: Application) {
+        self.listenFD = listenFD
+        self.app = app
+    }
+
+    public func startWorkers(count: Int) {
+        for _ in 0..<count {
+            Thread.start(stackBytes: Self.threadStackBytes) { [self] in serve() }
+        }
+    }
+
+    private func serve() {
+        let worker = Worker(app: app)
+        // Heap-allocated: the exchange keeps a pointer to it for the life of the thread.
+        let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
+        request.initialize(to: FCGX_Request())
+        guard FCGX_InitRequest(request, listenFD, 0) == 0 else {
+            Log.error("FCGX_InitRequest failed")
+            return
+        }
+        while true {
+            guard FCGX_Accept_r(request) >= 0 else {
+                if app.lifecycle.isDraining { return }
+                // EMFILE and friends: back off instead of spinning.
+                usleep(50_000)
+                continue
+            }
+            app.lifecycle.requestStarted()
+            let exchange = FastCGIExchange(request)
+            var log: RequestLog
+            switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
+            case .success(let httpRequest):
+                log = worker.handle(httpRequest, writer: exchange)
+            case .failure(let error):
+                log = RequestLog(method: exchange.param("REQUEST_METHOD") ?? "?", path: exchange.param("DOCUMENT_URI") ?? "?")
+                error.write(to: exchange)
+            }
+            exchange.finish()
+            log.status = exchange.status
+            FCGX_Finish_r(request)
+            app.lifecycle.requestEnded()
+            Log.info(log.line)
+        }
+    }
+}
+
+/// A pthread with a chosen stack size. Foundation's Thread is not used: the library stays
+/// Foundation-free.
+enum Thread {
+    private final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+
+    static func start(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, stackBytes)
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let context = Unmanaged.passRetained(Body(body)).toOpaque()
+        var thread = pthread_t()
+        let status = pthread_create(&thread, &attributes, { context in
+            let body = Unmanaged<Body>.fromOpaque(context!).takeRetainedValue()
+            body.run()
+            return nil
+        }, context)
+        precondition(status == 0, "pthread_create failed: \(status)")
+    }
+}

@@ -1,0 +1,64 @@
+/// A request as the core sees it, independent of FastCGI.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// Decoded path without the query string.
+    public var path: String
+    public var query: String
+    public var contentType: String?
+    /// Lower-cased names with `-` as separator (`authorization`, `x-request-id`).
+    public var headers: [String: String]
+    public var body: [UInt8]
+
+    public init(method: String, path: String, query: String = "", contentType: String? = nil,
+                headers: [String: String] = [:], body: [UInt8] = []) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.contentType = contentType
+        self.headers = headers
+        self.body = body
+    }
+
+    /// True for `application/json`, with or without parameters such as charset.
+    public var hasJSONBody: Bool {
+        guard let contentType else { return false }
+        let mediaType = contentType.split(separator: ";", maxSplits: 1).first.map { $0.trimmed().lowercased() }
+        return mediaType == "application/json"
+    }
+}
+
+/// Where a handler writes its answer. The FastCGI edge implements it; tests record it.
+public protocol ResponseWriter: AnyObject {
+    var headWritten: Bool { get }
+    /// Writes the status line and headers; they leave with the first flush.
+    func writeHead(status: Int, headers: [(String, String)])
+    /// Writes and flushes. False means the client has gone away.
+    func write(_ bytes: [UInt8]) -> Bool
+    /// Polled while waiting on the model, to notice a vanished client quickly.
+    var clientDescriptor: Int32? { get }
+}
+
+public enum HTTPStatus {
+    public static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 202: "Accepted"
+        case 204: "No Content"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 411: "Length Required"
+        case 413: "Content Too Large"
+        case 415: "Unsupported Media Type"
+        case 422: "Unprocessable Content"
+        case 429: "Too Many Requests"
+        case 500: "Internal Server Error"
+        case 502: "Bad Gateway"
+        case 503: "Service Unavailable"
+        case 504: "Gateway Timeout"
+        default: "Status"
+        }
+    }
+}

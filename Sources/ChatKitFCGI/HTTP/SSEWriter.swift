@@ -1,0 +1,63 @@
+/// Writes Server-Sent Event records to a response, each flushed as soon as it exists.
+/// One buffer is reused for every record: this is the per-token path.
+public final class SSEWriter {
+    private let writer: ResponseWriter
+    private var buffer: [UInt8] = []
+    public private(set) var clientGone = false
+    public private(set) var lastWriteMilliseconds = Clock.monotonicMilliseconds()
+
+    public init(writer: ResponseWriter) {
+        self.writer = writer
+        buffer.reserveCapacity(1024)
+    }
+
+    public static let headers: [(String, String)] = [
+        ("Content-Type", "text/event-stream; charset=utf-8"),
+        ("Cache-Control", "no-cache"),
+        ("X-Accel-Buffering", "no"),
+    ]
+
+    public var started: Bool { writer.headWritten }
+
+    public func start(extraHeaders: [(String, String)] = []) {
+        guard !writer.headWritten else { return }
+        writer.writeHead(status: 200, headers: Self.headers + extraHeaders)
+    }
+
+    /// `data: <payload>\n\n` for a payload that is already one line of JSON.
+    @discardableResult
+    public func send(payload: String) -> Bool {
+        buffer.removeAll(keepingCapacity: true)
+        buffer.append(contentsOf: "data: ".utf8)
+        buffer.append(contentsOf: payload.utf8)
+        buffer.append(contentsOf: "\n\n".utf8)
+        return flush()
+    }
+
+    @discardableResult
+    public func send(_ json: JSON) -> Bool {
+        buffer.removeAll(keepingCapacity: true)
+        buffer.append(contentsOf: "data: ".utf8)
+        json.write(to: &buffer)
+        buffer.append(contentsOf: "\n\n".utf8)
+        return flush()
+    }
+
+    /// A comment record: ignored by clients, but it keeps nginx and proxies from timing out.
+    @discardableResult
+    public func keepalive() -> Bool {
+        buffer.removeAll(keepingCapacity: true)
+        buffer.append(contentsOf: ": keepalive\n\n".utf8)
+        return flush()
+    }
+
+    @discardableResult
+    public func done() -> Bool { send(payload: "[DONE]") }
+
+    private func flush() -> Bool {
+        guard !clientGone else { return false }
+        if !writer.write(buffer) { clientGone = true }
+        lastWriteMilliseconds = Clock.monotonicMilliseconds()
+        return !clientGone
+    }
+}

@@ -1,0 +1,184 @@
+/// Why a model call did not produce a complete answer.
+public enum ModelError: Error, Equatable, CustomStringConvertible {
+    /// Could not reach the model server, or it stalled.
+    case unreachable(String)
+    case timedOut(String)
+    /// The server answered with a non-2xx status.
+    case http(status: Int, message: String, retryAfter: String?)
+    /// An in-band error record, or a stream that ended early or made no sense.
+    case streamError(String)
+    /// Our client went away (or we are shutting down), so the transfer was stopped.
+    case cancelled
+
+    public var description: String {
+        switch self {
+        case .unreachable(let why): "model server unreachable: \(why)"
+        case .timedOut(let why): "model server timed out: \(why)"
+        case .http(let status, let message, _): "model server returned HTTP \(status): \(message)"
+        case .streamError(let why): "model stream failed: \(why)"
+        case .cancelled: "cancelled"
+        }
+    }
+}
+
+/// One streamed model answer, accumulated. When `failure` is set, the rest is what arrived
+/// before it, which the caller keeps.
+public struct ModelTurn {
+    public var failure: ModelError?
+    public var text = ""
+    public var refusal = ""
+    public var toolCalls: [ToolCall] = []
+    public var finishReason: String?
+    public var usage = ChatCompletionChunk.Usage()
+}
+
+/// What the model client reports while a stream runs.
+public protocol ModelStreamObserver: AnyObject {
+    /// A chunk as the server sent it (`payload` is the SSE data) plus what we parsed from it.
+    /// Returns false when the chunk cannot be delivered (client gone).
+    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool
+    /// Called about every 100 ms while waiting; false stops the transfer.
+    func idle() -> Bool
+    /// Our client's socket, polled while waiting so a disconnect stops the transfer quickly.
+    var clientDescriptor: Int32? { get }
+}
+
+/// Streams chat completions from an OpenAI-compatible server over libcurl.
+public final class ModelClient {
+    public struct Settings: Sendable {
+        public var baseURL: String
+        public var apiKey: String?
+        public var model: String
+        public var connectTimeoutMilliseconds = 5_000
+        public var stallTimeoutSeconds = 60
+
+        public init(baseURL: String, apiKey: String?, model: String) {
+            self.baseURL = baseURL
+            self.apiKey = apiKey
+            self.model = model
+        }
+    }
+
+    private let settings: Settings
+    private let http: HTTPClient
+    /// The largest error body we keep from a failing server.
+    private static let errorBodyLimit = 64 << 10
+
+    public init(settings: Settings, http: HTTPClient) {
+        self.settings = settings
+        self.http = http
+    }
+
+    public func requestBody(messages: [ChatMessage], tools: JSON) -> [UInt8] {
+        var body: [(String, JSON)] = [
+            ("model", .string(settings.model)),
+            ("stream", true),
+            ("stream_options", ["include_usage": true]),
+            ("messages", .array(messages.map(\.json))),
+        ]
+        if case .array(let list) = tools, !list.isEmpty { body.append(("tools", tools)) }
+        return JSON.object(body).serializedBytes
+    }
+
+    public func stream(messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver) -> ModelTurn {
+        var turn = ModelTurn()
+        do throws(ModelError) {
+            try stream(messages: messages, tools: tools, observer: observer, into: &turn)
+        } catch {
+            turn.failure = error
+        }
+        return turn
+    }
+
+    private func stream(
+        messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver, into turn: inout ModelTurn
+    ) throws(ModelError) {
+        var request = HTTPClient.Request(url: settings.baseURL + "/chat/completions")
+        request.method = "POST"
+        request.headers = ["Content-Type: application/json", "Accept: text/event-stream"]
+        if let key = settings.apiKey { request.headers.append("Authorization: Bearer \(key)") }
+        request.body = requestBody(messages: messages, tools: tools)
+        request.connectTimeoutMilliseconds = settings.connectTimeoutMilliseconds
+        request.stallTimeoutSeconds = settings.stallTimeoutSeconds
+
+        var decoder = SSEDecoder()
+        var accumulator = ToolCallAccumulator()
+        var sawDone = false
+        var failure: ModelError?
+        var status = 0
+        var errorBody: [UInt8] = []
+
+        func handle(_ event: SSEEvent) -> Bool {
+            if sawDone { return true }
+            if event.data.hasPrefix("[DONE]") {
+                sawDone = true
+                return true
+            }
+            do throws(ModelError) {
+                let json: JSON
+                do throws(JSONParseError) {
+                    json = try JSON.parse(event.data)
+                } catch {
+                    throw .streamError("a stream record is not JSON (\(error))")
+                }
+                let chunk = try ChatCompletionChunk(json)
+                turn.text += chunk.content ?? ""
+                turn.refusal += chunk.refusal ?? ""
+                accumulator.add(chunk.toolCalls)
+                if let reason = chunk.finishReason { turn.finishReason = reason }
+                if let usage = chunk.usage { turn.usage = usage }
+                // A payload spread over several data lines is re-encoded onto one line for our client.
+                let payload = event.data.utf8.contains(0x0A) ? json.serialized : event.data
+                if !observer.modelChunk(payload: payload, parsed: chunk) {
+                    failure = .cancelled
+                    return false
+                }
+                return true
+            } catch {
+                failure = error
+                return false
+            }
+        }
+
+        let head: HTTPResponseHead
+        do throws(TransferError) {
+            head = try http.perform(
+                request, watch: observer.clientDescriptor, onTick: { observer.idle() },
+                onHead: { status = $0.status }
+            ) { bytes in
+                guard (200..<300).contains(status) else {
+                    errorBody.append(contentsOf: bytes.prefix(Self.errorBodyLimit - errorBody.count))
+                    return true
+                }
+                var keepGoing = true
+                decoder.feed(bytes) { event in
+                    if keepGoing { keepGoing = handle(event) }
+                }
+                return keepGoing
+            }
+        } catch {
+            if let failure { throw failure }
+            switch error {
+            case .watchedDescriptorReady, .stopped: throw .cancelled
+            case .transport(let message) where message.lowercased().contains("timeout") || message.lowercased().contains("timed out"):
+                throw .timedOut(message)
+            case .transport(let message): throw .unreachable(message)
+            }
+        }
+        guard (200..<300).contains(head.status) else {
+            throw .http(status: head.status, message: Self.errorMessage(errorBody), retryAfter: head.headers["retry-after"])
+        }
+        if let failure { throw failure }
+        guard sawDone || turn.finishReason != nil else {
+            throw .streamError("the stream ended before the answer was finished")
+        }
+        turn.toolCalls = accumulator.finish()
+    }
+
+    private static func errorMessage(_ body: [UInt8]) -> String {
+        if let json = try? JSON.parse(body), let message = ChatCompletionChunk.message(of: json["error"] ?? json) {
+            return message
+        }
+        return body.isEmpty ? "no body" : String(decoding: body.prefix(200), as: UTF8.self)
+    }
+}

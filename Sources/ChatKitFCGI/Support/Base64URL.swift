@@ -1,0 +1,46 @@
+/// Unpadded base64url (RFC 4648 §5), as JOSE uses it.
+public enum Base64URL {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    private static let decodeTable: [UInt8] = {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (value, symbol) in alphabet.enumerated() { table[Int(symbol)] = UInt8(value) }
+        return table
+    }()
+
+    public static func encode<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        var output: [UInt8] = []
+        output.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var iterator = bytes.makeIterator()
+        while let first = iterator.next() {
+            let second = iterator.next()
+            let third = iterator.next()
+            let group = UInt32(first) << 16 | UInt32(second ?? 0) << 8 | UInt32(third ?? 0)
+            output.append(alphabet[Int(group >> 18 & 0x3F)])
+            output.append(alphabet[Int(group >> 12 & 0x3F)])
+            if second != nil { output.append(alphabet[Int(group >> 6 & 0x3F)]) }
+            if third != nil { output.append(alphabet[Int(group & 0x3F)]) }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Strict: no padding, no whitespace, nothing outside the alphabet.
+    public static func decode<Text: StringProtocol>(_ text: Text) -> [UInt8]? {
+        let symbols = Array(text.utf8)
+        guard symbols.count % 4 != 1 else { return nil }
+        var output: [UInt8] = []
+        output.reserveCapacity(symbols.count * 3 / 4)
+        var accumulator: UInt32 = 0
+        var bitCount = 0
+        for symbol in symbols {
+            let value = decodeTable[Int(symbol)]
+            guard value != 0xFF else { return nil }
+            accumulator = accumulator << 6 | UInt32(value)
+            bitCount += 6
+            if bitCount >= 8 {
+                bitCount -= 8
+                output.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bitCount)))
+            }
+        }
+        return output
+    }
+}

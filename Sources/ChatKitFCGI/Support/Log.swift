@@ -1,0 +1,15 @@
+import Glibc
+
+/// One line per call to stderr (the journal under systemd). Never pass tokens or secrets.
+public enum Log {
+    public static func info(_ message: String) { write("info", message) }
+    public static func warning(_ message: String) { write("warning", message) }
+    public static func error(_ message: String) { write("error", message) }
+
+    private static func write(_ level: String, _ message: String) {
+        var line = Array("chatkit-fcgi \(level): ".utf8)
+        line.append(contentsOf: message.utf8.map { $0 == 0x0A ? 0x20 : $0 })
+        line.append(0x0A)
+        line.withUnsafeBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}

@@ -1,0 +1,90 @@
+/// A failure the model (or an MCP client) can read and recover from. Never a crash, never a 5xx.
+public struct ToolError: Error, Equatable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// What a tool runs with: the user comes from the verified token, never from the model.
+public struct ToolContext {
+    public let userID: String
+    public let store: any Store
+
+    public init(userID: String, store: any Store) {
+        self.userID = userID
+        self.store = store
+    }
+}
+
+/// One tool, defined once and served to the model, to ChatKit and to MCP.
+public struct Tool: Sendable {
+    public struct Hints: Sendable {
+        public var readOnly = false
+        public var destructive = false
+        public var idempotent = false
+    }
+
+    public let name: String
+    public let description: String
+    /// JSON Schema of the arguments; also what `run` validates against.
+    public let parameters: JSON
+    public let hints: Hints
+    let handler: @Sendable (ToolArguments, ToolContext) throws -> JSON
+
+    /// The entry for the chat completions `tools` array.
+    public var chatCompletionsDefinition: JSON {
+        ["type": "function",
+         "function": ["name": .string(name), "description": .string(description), "parameters": parameters]]
+    }
+}
+
+/// Arguments that already passed the tool's schema, so handlers read them without re-checking types.
+public struct ToolArguments {
+    public let json: JSON
+
+    public func string(_ name: String) -> String? { json[name]?.stringValue }
+    public func integer(_ name: String) -> Int64? { json[name]?.intValue.map(Int64.init) }
+}
+
+/// The set of tools offered to a model, and the one way to run a call.
+public struct Toolbox: Sendable {
+    public let tools: [Tool]
+
+    public init(_ tools: [Tool]) { self.tools = tools }
+
+    public func tool(named name: String) -> Tool? { tools.first { $0.name == name } }
+
+    public var chatCompletionsDefinitions: JSON { .array(tools.map(\.chatCompletionsDefinition)) }
+
+    /// Runs one call from its raw argument text. Every failure becomes a `ToolError`, which the
+    /// agent sends back to the model as the tool's result, as the OpenAI Agents SDK does.
+    public func run(name: String, arguments: String, context: ToolContext) -> Result<JSON, ToolError> {
+        guard let tool = tool(named: name) else {
+            return .failure(ToolError("unknown tool '\(name)'; available: \(tools.map(\.name).joined(separator: ", "))"))
+        }
+        let text = arguments.trimmed()
+        let json: JSON
+        if text.isEmpty {
+            json = [:]
+        } else {
+            do throws(JSONParseError) {
+                json = try JSON.parse(String(text))
+            } catch {
+                return .failure(ToolError("arguments are not valid JSON: \(error)"))
+            }
+        }
+        do throws(ToolError) {
+            try SchemaValidator.validate(json, against: tool.parameters)
+        } catch {
+            return .failure(error)
+        }
+        do {
+            return .success(try tool.handler(ToolArguments(json: json), context))
+        } catch let error as ToolError {
+            return .failure(error)
+        } catch {
+            Log.error("tool \(name) failed: \(error)")
+            return .failure(ToolError("the tool failed because of a storage error; try again"))
+        }
+    }
+}

@@ -1,0 +1,4 @@
+import ChatKitFCGI
+import Glibc
+
+exit(ChatKitCommand.run(CommandLine.arguments))
