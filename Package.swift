@@ -5,6 +5,7 @@ let package = Package(
     name: "chatkit-fcgi",
     products: [
         .executable(name: "chatkit-fcgi", targets: ["chatkit-fcgi"]),
+        .executable(name: "mock-model", targets: ["mock-model"]),
     ],
     targets: [
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
@@ -13,10 +14,12 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto"]),
         .executableTarget(name: "chatkit-fcgi", dependencies: ["ChatKitFCGI"]),
+        // The bundled offline model: deterministic, OpenAI's streaming format, for the dev run and tests.
+        .executableTarget(name: "mock-model"),
         .testTarget(
             name: "ChatKitFCGITests",
             dependencies: ["ChatKitFCGI"],
-            resources: [.copy("Fixtures")]
+            exclude: ["Fixtures"]
         ),
     ]
 )

@@ -30,7 +30,7 @@ public final class Application: Sendable {
             keySource = JWKSource { () throws(AuthError) -> [UInt8] in try JWKSFetch.get(url) }
         }
         return JWTVerifier(
-            hmacSecret: config.betterAuthSecret, keySource: keySource, issuer: config.jwtIssuer,
+            hmacKey: config.betterAuthSecret.map { Array($0.utf8) }, keySource: keySource, issuer: config.jwtIssuer,
             audience: config.jwtAudience, leewaySeconds: Double(config.jwtLeewaySeconds))
     }
 }

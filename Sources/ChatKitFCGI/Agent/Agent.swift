@@ -19,12 +19,12 @@ public struct TurnSummary {
 /// The tool loop: history → model → tools → model … until the model answers in text.
 /// Each round is stored as it completes, so a crash or a disconnect loses nothing finished.
 public struct Agent {
-    public let model: ModelClient
+    public let model: any ChatModel
     public let toolbox: Toolbox
     public let systemPrompt: String
     public let maxRounds: Int
 
-    public init(model: ModelClient, toolbox: Toolbox, systemPrompt: String, maxRounds: Int) {
+    public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int) {
         self.model = model
         self.toolbox = toolbox
         self.systemPrompt = systemPrompt

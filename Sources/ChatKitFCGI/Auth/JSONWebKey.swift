@@ -111,10 +111,5 @@ public struct JSONWebKeySet: Sendable {
         self.skipped = skipped
     }
 
-    /// Better Auth always sends `kid`; without one we accept only an unambiguous key.
-    public func key(id: String?, algorithm: JWSAlgorithm) -> JSONWebKey? {
-        if let id { return keys.first { $0.id == id } }
-        let candidates = keys.filter { $0.algorithm == algorithm }
-        return candidates.count == 1 ? candidates[0] : nil
-    }
+    public func key(id: String) -> JSONWebKey? { keys.first { $0.id == id } }
 }

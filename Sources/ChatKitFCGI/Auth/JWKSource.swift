@@ -43,9 +43,9 @@ public final class JWKSource: Sendable {
         return keySet
     }
 
-    public func key(id: String?, algorithm: JWSAlgorithm) throws(AuthError) -> JSONWebKey {
+    public func key(id: String) throws(AuthError) -> JSONWebKey {
         let (keySet, fetchedAt) = state.withLock { ($0.keySet, $0.fetchedAt) }
-        if let key = keySet?.key(id: id, algorithm: algorithm) {
+        if let key = keySet?.key(id: id) {
             if clock() - fetchedAt >= maximumAge {
                 // Stale but usable: refresh if nobody else is, and never block on it.
                 _ = fetchLock.withLockIfAvailable { _ in refreshIfCooledDown() }
@@ -53,7 +53,7 @@ public final class JWKSource: Sendable {
             return key
         }
         fetchLock.withLock { _ in refreshIfCooledDown() }
-        guard let key = state.withLock({ $0.keySet })?.key(id: id, algorithm: algorithm) else { throw .unknownKey }
+        guard let key = state.withLock({ $0.keySet })?.key(id: id) else { throw .unknownKey }
         return key
     }
 

@@ -57,10 +57,10 @@ public struct JWTVerifier: Sendable {
     private let clock: @Sendable () -> Double
 
     public init(
-        hmacSecret: String?, keySource: JWKSource?, issuer: String?, audience: String?,
+        hmacKey: [UInt8]?, keySource: JWKSource?, issuer: String?, audience: String?,
         leewaySeconds: Double = 60, clock: @escaping @Sendable () -> Double = Clock.unixTime
     ) {
-        self.hmacSecret = hmacSecret.map { Array($0.utf8) }
+        self.hmacSecret = hmacKey
         self.keySource = keySource
         self.issuer = issuer
         self.audience = audience
@@ -101,8 +101,9 @@ public struct JWTVerifier: Sendable {
             guard Crypto.constantTimeEquals(expected, signature) else { throw .badSignature }
         case .some(let algorithm):
             guard let keySource else { throw .algorithmNotAllowed(algName) }
-            let kid = header["kid"]?.stringValue
-            let key = try keySource.key(id: kid, algorithm: algorithm)
+            // Better Auth always sends a kid, and its own verifier requires one.
+            guard let kid = header["kid"]?.stringValue else { throw .malformed("no kid") }
+            let key = try keySource.key(id: kid)
             guard key.algorithm == algorithm else { throw .algorithmNotAllowed(algName) }
             guard key.verify(signature: signature, signingInput: signingInput) else { throw .badSignature }
         case .none:

@@ -43,8 +43,14 @@ public protocol ModelStreamObserver: AnyObject {
     var clientDescriptor: Int32? { get }
 }
 
+/// Something that answers a conversation in streamed chunks: the real client, or a scripted
+/// model in unit tests.
+public protocol ChatModel {
+    func stream(messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver) -> ModelTurn
+}
+
 /// Streams chat completions from an OpenAI-compatible server over libcurl.
-public final class ModelClient {
+public final class ModelClient: ChatModel {
     public struct Settings: Sendable {
         public var baseURL: String
         public var apiKey: String?

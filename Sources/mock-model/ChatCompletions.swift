@@ -1,0 +1,246 @@
+import Glibc
+
+/// `POST /v1/chat/completions`: validation, logging, then either a JSON
+/// `chat.completion` or an SSE stream of `chat.completion.chunk`s.
+struct ChatCompletions: Sendable {
+    let config: Config
+    let state: MockState
+
+    /// Per-response identity shared by every chunk.
+    private struct Context {
+        let id: String
+        let created: Int
+        let model: String
+        let requestNumber: Int
+        let promptTokens: Int
+    }
+
+    func handle(_ request: HTTPRequest, on connection: ClientConnection, keepAlive: Bool) -> Bool {
+        func reply(_ response: HTTPResponse) -> Bool {
+            connection.send(response, keepAlive: keepAlive) && keepAlive
+        }
+        func invalid(_ message: String) -> Bool {
+            reply(.error(400, message: message, type: "invalid_request_error"))
+        }
+
+        if let key = config.apiKey, request.header("authorization") != "Bearer \(key)" {
+            return reply(.error(401, message: "Incorrect API key provided (mock): expected 'Authorization: Bearer <MOCK_API_KEY>'",
+                                type: "invalid_request_error", code: "invalid_api_key"))
+        }
+        let body: JSONValue
+        do {
+            body = try JSONParser.parse(request.body)
+        } catch {
+            return invalid("We could not parse the JSON body of your request: \(error) (mock)")
+        }
+        guard case .object(let fields) = body else {
+            return invalid("The request body must be a JSON object (mock)")
+        }
+        guard let messages = fields["messages"]?.arrayValue, !messages.isEmpty else {
+            return invalid("'messages' is required and must be a non-empty array (mock)")
+        }
+
+        let requestNumber = state.logRequest(body)
+        let plan: MockPlan
+        switch Script.decide(messages) {
+        case .failure(let failure):
+            let extra = failure.retryAfterSeconds.map { [("Retry-After", String($0))] } ?? []
+            return reply(.error(failure.status, message: failure.message, type: failure.type,
+                                code: failure.code, headers: extra))
+        case .completion(let p):
+            plan = p
+        }
+
+        let context = Context(
+            id: "chatcmpl-mock\(requestNumber)",
+            created: time(nil),
+            model: fields["model"]?.stringValue ?? "mock-model",
+            requestNumber: requestNumber,
+            promptTokens: ChatCompletions.promptTokens(messages)
+        )
+        if fields["stream"]?.boolValue == true {
+            let includeUsage = fields["stream_options"]?["include_usage"]?.boolValue == true
+            return stream(plan, context, includeUsage: includeUsage, request: request, connection: connection, keepAlive: keepAlive)
+        }
+        return respond(plan, context, connection: connection, keepAlive: keepAlive)
+    }
+
+    /// P = ceil(characters of all message contents / 4); characters are Unicode scalars.
+    static func promptTokens(_ messages: [JSONValue]) -> Int {
+        let characters = messages.reduce(0) { $0 + Script.text(of: $1).unicodeScalars.count }
+        return (characters + 3) / 4
+    }
+
+    private func callId(_ context: Context, _ index: Int) -> String {
+        "call_mock_\(context.requestNumber)_\(index)"
+    }
+
+    // MARK: - Non-streaming
+
+    private func respond(_ plan: MockPlan, _ context: Context, connection: ClientConnection, keepAlive: Bool) -> Bool {
+        if plan.ending == .midstreamError {
+            let response = HTTPResponse.error(500, message: "mock upstream failure", type: "server_error")
+            return connection.send(response, keepAlive: keepAlive) && keepAlive
+        }
+        let message: JSONValue
+        let finishReason: String
+        let completionTokens: Int
+        switch plan.answer {
+        case .text(let pieces):
+            message = ["role": "assistant", "content": .string(pieces.joined()), "refusal": .null]
+            finishReason = "stop"
+            completionTokens = pieces.count
+        case .toolCalls(let calls):
+            let toolCalls: [JSONValue] = calls.enumerated().map { i, call in
+                [
+                    "id": .string(callId(context, i)),
+                    "type": "function",
+                    "function": ["name": .string(call.name), "arguments": .string(call.arguments)],
+                ]
+            }
+            message = ["role": "assistant", "content": .null, "tool_calls": .array(toolCalls), "refusal": .null]
+            finishReason = "tool_calls"
+            completionTokens = calls.reduce(0) { $0 + Script.argumentFragments($1.arguments).count }
+        }
+        let choice: JSONValue = ["index": 0, "message": message, "logprobs": .null, "finish_reason": .string(finishReason)]
+        let completion: JSONValue = [
+            "id": .string(context.id),
+            "object": "chat.completion",
+            "created": .int(context.created),
+            "model": .string(context.model),
+            "choices": [choice],
+            "usage": usage(context, completionTokens),
+        ]
+        let response = HTTPResponse.json(200, completion)
+        if plan.ending == .truncate {
+            // Promise the full length, deliver half, hang up.
+            let bytes = response.head(keepAlive: false) + response.body.prefix(response.body.count / 2)
+            _ = connection.write(Array(bytes))
+            return false
+        }
+        return connection.send(response, keepAlive: keepAlive) && keepAlive
+    }
+
+    private func usage(_ context: Context, _ completionTokens: Int) -> JSONValue {
+        [
+            "prompt_tokens": .int(context.promptTokens),
+            "completion_tokens": .int(completionTokens),
+            "total_tokens": .int(context.promptTokens + completionTokens),
+        ]
+    }
+
+    // MARK: - Streaming
+
+    private func chunk(_ context: Context, delta: JSONValue, finishReason: String? = nil) -> JSONValue {
+        let choice: JSONValue = [
+            "index": 0,
+            "delta": delta,
+            "logprobs": .null,
+            "finish_reason": finishReason.map { .string($0) } ?? .null,
+        ]
+        return [
+            "id": .string(context.id),
+            "object": "chat.completion.chunk",
+            "created": .int(context.created),
+            "model": .string(context.model),
+            "choices": [choice],
+        ]
+    }
+
+    /// The SSE records of the whole stream, in order (without `: keepalive` comments).
+    private func records(_ plan: MockPlan, _ context: Context, includeUsage: Bool) -> [[UInt8]] {
+        let lineEnd = plan.crlf ? "\r\n" : "\n"
+        var records: [[UInt8]] = []
+        func add(_ value: JSONValue) {
+            records.append(Array("data: ".utf8) + value.serializedBytes() + Array((lineEnd + lineEnd).utf8))
+        }
+
+        add(chunk(context, delta: ["role": "assistant", "content": ""]))
+        let finishReason: String
+        var completionTokens = 0
+        switch plan.answer {
+        case .text(let pieces):
+            for piece in pieces {
+                add(chunk(context, delta: ["content": .string(piece)]))
+            }
+            completionTokens = pieces.count
+            finishReason = "stop"
+        case .toolCalls(let calls):
+            for (i, call) in calls.enumerated() {
+                let header: JSONValue = [
+                    "index": .int(i),
+                    "id": .string(callId(context, i)),
+                    "type": "function",
+                    "function": ["name": .string(call.name), "arguments": ""],
+                ]
+                add(chunk(context, delta: ["tool_calls": [header]]))
+                for fragment in Script.argumentFragments(call.arguments) {
+                    let part: JSONValue = ["index": .int(i), "function": ["arguments": .string(fragment)]]
+                    add(chunk(context, delta: ["tool_calls": [part]]))
+                    completionTokens += 1
+                }
+            }
+            finishReason = "tool_calls"
+        }
+
+        switch plan.ending {
+        case .normal:
+            add(chunk(context, delta: [:], finishReason: finishReason))
+            if includeUsage {
+                add([
+                    "id": .string(context.id),
+                    "object": "chat.completion.chunk",
+                    "created": .int(context.created),
+                    "model": .string(context.model),
+                    "choices": [],
+                    "usage": usage(context, completionTokens),
+                ])
+            }
+        case .midstreamError:
+            add(["error": ["message": "mock upstream failure", "type": "server_error", "param": .null, "code": .null]])
+        case .truncate:
+            return records
+        }
+        records.append(Array("data: [DONE]\(lineEnd)\(lineEnd)".utf8))
+        return records
+    }
+
+    private func stream(_ plan: MockPlan, _ context: Context, includeUsage: Bool, request: HTTPRequest,
+                        connection: ClientConnection, keepAlive requestedKeepAlive: Bool) -> Bool {
+        // HTTP/1.0 clients cannot take chunked encoding: stream raw and close.
+        let chunked = request.isHTTP11
+        let keepAlive = requestedKeepAlive && chunked && plan.ending != .truncate
+        var head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        if chunked { head += "Transfer-Encoding: chunked\r\n" }
+        head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
+
+        /// One HTTP chunk per write so each record is delivered on its own.
+        func send(_ payload: [UInt8]) -> Bool {
+            guard chunked else { return connection.write(payload) }
+            return connection.write(Array(String(payload.count, radix: 16).utf8) + [0x0D, 0x0A] + payload + [0x0D, 0x0A])
+        }
+
+        let records = records(plan, context, includeUsage: includeUsage)
+        let delayMs = plan.fixedDelayMs ?? config.delayMs
+        let keepaliveComment = Array(": keepalive\r\n\r\n".utf8)
+        let ticket = state.streamStarted()
+
+        var ok = connection.write(Array(head.utf8))
+        var sent = 0
+        while ok && sent < records.count {
+            // The pause doubles as disconnect detection (see waitUnlessClosed).
+            if sent > 0 && delayMs > 0 { ok = connection.waitUnlessClosed(milliseconds: delayMs) }
+            if ok { ok = send(records[sent]) }
+            if ok { sent += 1 }
+            if ok && plan.crlf && sent < records.count { ok = send(keepaliveComment) }
+        }
+        let allRecordsSent = sent == records.count
+        if ok && chunked && plan.ending != .truncate {
+            ok = connection.write(Array("0\r\n\r\n".utf8))
+        }
+        // Only a failure before the last record ([DONE]) counts as a cancellation;
+        // `truncate` is a scripted ending and counts as completed.
+        state.streamEnded(ticket, cancelled: !allRecordsSent)
+        return ok && keepAlive
+    }
+}

@@ -1,0 +1,82 @@
+import Synchronization
+
+/// Process-wide request log and counters shared by all connection threads.
+/// Everything sits behind one mutex: critical sections are tiny, and a single
+/// lock keeps the stats mutually consistent.
+final class MockState: Sendable {
+    /// Identifies the stats generation a stream was started in, so a stream
+    /// that straddles `DELETE /_mock/requests` does not skew the fresh counters.
+    struct StreamTicket {
+        fileprivate let epoch: Int
+    }
+
+    private struct State {
+        var log: [JSONValue] = []
+        var requests = 0
+        var streamsStarted = 0
+        var streamsCompleted = 0
+        var streamsCancelled = 0
+        /// A live gauge: not reset, since those streams really are still running.
+        var activeStreams = 0
+        var epoch = 0
+        /// Never reset, so ids stay unique for the life of the process.
+        var lastRequestNumber = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// Logs a valid chat request; returns its request number (1, 2, ...),
+    /// used for `chatcmpl-mock<n>` and `call_mock_<n>_<i>`.
+    func logRequest(_ body: JSONValue) -> Int {
+        state.withLock { s in
+            s.log.append(body)
+            s.requests += 1
+            s.lastRequestNumber += 1
+            return s.lastRequestNumber
+        }
+    }
+
+    func loggedRequests() -> [JSONValue] {
+        // Copy-on-write: the array is copied out cheaply, serialized outside the lock.
+        state.withLock { $0.log }
+    }
+
+    func reset() {
+        state.withLock { s in
+            s.log = []
+            s.requests = 0
+            s.streamsStarted = 0
+            s.streamsCompleted = 0
+            s.streamsCancelled = 0
+            s.epoch += 1
+        }
+    }
+
+    func streamStarted() -> StreamTicket {
+        state.withLock { s in
+            s.streamsStarted += 1
+            s.activeStreams += 1
+            return StreamTicket(epoch: s.epoch)
+        }
+    }
+
+    func streamEnded(_ ticket: StreamTicket, cancelled: Bool) {
+        state.withLock { s in
+            s.activeStreams -= 1
+            guard ticket.epoch == s.epoch else { return }
+            if cancelled { s.streamsCancelled += 1 } else { s.streamsCompleted += 1 }
+        }
+    }
+
+    func statsJSON() -> JSONValue {
+        state.withLock { s in
+            [
+                "requests": .int(s.requests),
+                "streams_started": .int(s.streamsStarted),
+                "streams_completed": .int(s.streamsCompleted),
+                "streams_cancelled": .int(s.streamsCancelled),
+                "active_streams": .int(s.activeStreams),
+            ]
+        }
+    }
+}

@@ -1,0 +1,250 @@
+/// The deterministic "model": maps a `messages` array to what the mock answers.
+/// Pure functions only, so every rule can be reasoned about from the request alone.
+
+struct ToolCall: Sendable {
+    let name: String
+    /// Raw arguments string exactly as it will be streamed (may be invalid JSON on purpose).
+    let arguments: String
+}
+
+struct MockFailure: Sendable {
+    let status: Int
+    let message: String
+    let type: String
+    let code: String?
+    let retryAfterSeconds: Int?
+}
+
+enum MockAnswer: Sendable {
+    /// Text, pre-split into the content pieces streamed one per chunk.
+    case text([String])
+    case toolCalls([ToolCall])
+}
+
+enum ScriptOutcome: Sendable {
+    case completion(MockPlan)
+    /// Reply with an HTTP error instead of a completion (`fail NNN`).
+    case failure(MockFailure)
+}
+
+enum StreamEnding: Sendable {
+    /// finish chunk, optional usage chunk, `[DONE]`.
+    case normal
+    /// an error record, then `[DONE]` (no finish chunk).
+    case midstreamError
+    /// just close the socket (no finish chunk, no `[DONE]`).
+    case truncate
+}
+
+struct MockPlan: Sendable {
+    var answer: MockAnswer
+    var ending: StreamEnding = .normal
+    /// Overrides MOCK_DELAY_MS (the `slow` command).
+    var fixedDelayMs: Int?
+    /// Use `\r\n` line endings plus `: keepalive` comments (the `crlf` command).
+    var crlf = false
+}
+
+enum Script {
+    static func decide(_ messages: [JSONValue]) -> ScriptOutcome {
+        let lastUser = messages.last(where: { role($0) == "user" })
+        let turnCommand = lastUser.map { text(of: $0).trimmingWhitespace() }
+
+        if let last = messages.last, role(last) == "tool" {
+            // A `loop` turn never settles, to exercise the client's max-rounds limit.
+            if turnCommand?.lowercased() == "loop" {
+                return .completion(MockPlan(answer: .toolCalls([listTasks("all")])))
+            }
+            let results = messages.reversed().prefix(while: { role($0) == "tool" }).reversed()
+            let reply = "Done. " + results.map { text(of: $0) }.joined(separator: " ")
+            return .completion(textPlan(reply))
+        }
+        // Normally the last message is the user's; for anything else (e.g. a
+        // trailing assistant message) answer the most recent user message.
+        let command: String
+        if let last = messages.last, role(last) == "user" {
+            command = text(of: last).trimmingWhitespace()
+        } else {
+            command = turnCommand ?? ""
+        }
+        if let status = integerArgument(command.lowercased(), after: "fail "), (400...599).contains(status) {
+            return .failure(failure(status: status))
+        }
+        return .completion(planForUserCommand(command, messageCount: messages.count))
+    }
+
+    private static func planForUserCommand(_ c: String, messageCount: Int) -> MockPlan {
+        let lc = c.lowercased()
+
+        if lc.hasPrefix("add ") {
+            let titles = split(String(c.dropFirst(4)), onIgnoringCase: " and ")
+                .map { $0.trimmingWhitespace() }
+                .filter { !$0.isEmpty }
+            let calls = titles.map { ToolCall(name: "add_task", arguments: json(["title": .string($0)])) }
+            return MockPlan(answer: .toolCalls(calls.isEmpty ? [ToolCall(name: "add_task", arguments: json(["title": ""]))] : calls))
+        }
+        if lc == "list" || lc.hasPrefix("list ") {
+            let filter = String(lc.dropFirst(4)).trimmingWhitespace()
+            let status = (filter == "pending" || filter == "completed") ? filter : "all"
+            return MockPlan(answer: .toolCalls([listTasks(status)]))
+        }
+        if let id = integerArgument(lc, after: "complete ") {
+            return MockPlan(answer: .toolCalls([ToolCall(name: "complete_task", arguments: json(["task_id": .int(id)]))]))
+        }
+        if let id = integerArgument(lc, after: "delete ") {
+            return MockPlan(answer: .toolCalls([ToolCall(name: "delete_task", arguments: json(["task_id": .int(id)]))]))
+        }
+        if lc.hasPrefix("rename ") {
+            let parts = split(String(c.dropFirst(7)), onIgnoringCase: " to ", maxSplits: 1)
+            if parts.count == 2, let id = Int(parts[0].trimmingWhitespace()) {
+                let title = parts[1].trimmingWhitespace()
+                return MockPlan(answer: .toolCalls([
+                    ToolCall(name: "update_task", arguments: json(["task_id": .int(id), "title": .string(title)]))
+                ]))
+            }
+        }
+        switch lc {
+        case "badargs":
+            return MockPlan(answer: .toolCalls([ToolCall(name: "add_task", arguments: "{\"title\": ")]))
+        case "unknown tool":
+            return MockPlan(answer: .toolCalls([ToolCall(name: "launch_rocket", arguments: "{}")]))
+        case "loop":
+            return MockPlan(answer: .toolCalls([listTasks("all")]))
+        case "midstream error":
+            return MockPlan(answer: .text(["partial ", "answer "]), ending: .midstreamError)
+        case "truncate":
+            return MockPlan(answer: .text(["partial ", "answer "]), ending: .truncate)
+        case "crlf":
+            var plan = textPlan("crlf works")
+            plan.crlf = true
+            return plan
+        case "history":
+            return textPlan("I received \(messageCount) messages.")
+        default:
+            break
+        }
+        if lc == "slow" || lc.hasPrefix("slow ") {
+            let argument = String(lc.dropFirst(4)).trimmingWhitespace()
+            if let count = argument.isEmpty ? 40 : Int(argument), count >= 0 {
+                var plan = textPlan((0..<count).map { "w\($0 + 1)" }.joined(separator: " "))
+                plan.fixedDelayMs = 50
+                return plan
+            }
+        }
+        return textPlan("You said: \(c)")
+    }
+
+    static func failure(status: Int) -> MockFailure {
+        switch status {
+        case 429:
+            return MockFailure(status: 429, message: "Rate limit reached (mock)", type: "rate_limit_error",
+                               code: "rate_limit_exceeded", retryAfterSeconds: 7)
+        case 401:
+            return MockFailure(status: 401, message: "Incorrect API key provided (mock)", type: "invalid_request_error",
+                               code: "invalid_api_key", retryAfterSeconds: nil)
+        case 500...599:
+            return MockFailure(status: status, message: "The server had an error while processing your request (mock \(status))",
+                               type: "server_error", code: nil, retryAfterSeconds: nil)
+        default:
+            return MockFailure(status: status, message: "Mock failure \(status)", type: "invalid_request_error",
+                               code: nil, retryAfterSeconds: nil)
+        }
+    }
+
+    // MARK: - Helpers
+
+    private static func textPlan(_ text: String) -> MockPlan {
+        MockPlan(answer: .text(words(text)))
+    }
+
+    private static func listTasks(_ status: String) -> ToolCall {
+        ToolCall(name: "list_tasks", arguments: json(["status": .string(status)]))
+    }
+
+    private static func json(_ value: JSONValue) -> String { value.serialized() }
+
+    /// Word-by-word pieces: every word keeps its following space except the last,
+    /// so concatenating the pieces reproduces the text exactly.
+    static func words(_ text: String) -> [String] {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false)
+        return parts.indices
+            .map { i in i == parts.count - 1 ? String(parts[i]) : parts[i] + " " }
+            .filter { !$0.isEmpty }
+    }
+
+    /// Splits into fragments of at most 7 UTF-8 bytes without cutting a scalar
+    /// (a single scalar is never split, so a fragment is never empty).
+    static func argumentFragments(_ arguments: String, maxBytes: Int = 7) -> [String] {
+        var fragments: [String] = []
+        var current = String.UnicodeScalarView()
+        var currentBytes = 0
+        for scalar in arguments.unicodeScalars {
+            let size = UTF8.width(scalar)
+            if currentBytes + size > maxBytes && currentBytes > 0 {
+                fragments.append(String(current))
+                current = String.UnicodeScalarView()
+                currentBytes = 0
+            }
+            current.append(scalar)
+            currentBytes += size
+        }
+        if currentBytes > 0 { fragments.append(String(current)) }
+        return fragments
+    }
+
+    static func role(_ message: JSONValue) -> String {
+        message["role"]?.stringValue ?? ""
+    }
+
+    /// Message content as text: a string as-is, an array of parts as its
+    /// `text` parts joined with a space, anything else (null) as "".
+    static func text(of message: JSONValue) -> String {
+        switch message["content"] {
+        case .string(let s)?:
+            return s
+        case .array(let parts)?:
+            return parts.compactMap { part -> String? in
+                if let type = part["type"]?.stringValue, type != "text" { return nil }
+                return part["text"]?.stringValue
+            }.joined(separator: " ")
+        default:
+            return ""
+        }
+    }
+
+    private static func integerArgument(_ lc: String, after prefix: String) -> Int? {
+        guard lc.hasPrefix(prefix) else { return nil }
+        return Int(String(lc.dropFirst(prefix.count)).trimmingWhitespace())
+    }
+
+    /// Case-insensitive split on an ASCII separator, preserving the original
+    /// casing of the pieces (task titles keep their capitalisation).
+    static func split(_ text: String, onIgnoringCase separator: String, maxSplits: Int = .max) -> [String] {
+        let chars = Array(text)
+        let sep = Array(separator.lowercased())
+        var parts: [String] = []
+        var current = ""
+        var i = 0
+        while i < chars.count {
+            if parts.count < maxSplits, i + sep.count <= chars.count,
+               (0..<sep.count).allSatisfy({ chars[i + $0].lowercased() == String(sep[$0]) }) {
+                parts.append(current)
+                current = ""
+                i += sep.count
+            } else {
+                current.append(chars[i])
+                i += 1
+            }
+        }
+        parts.append(current)
+        return parts
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        guard let first = firstIndex(where: { !$0.isWhitespace }),
+              let last = lastIndex(where: { !$0.isWhitespace }) else { return "" }
+        return String(self[first...last])
+    }
+}

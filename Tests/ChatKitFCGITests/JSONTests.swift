@@ -1,0 +1,39 @@
+@testable import ChatKitFCGI
+import Testing
+
+@Suite struct JSONTests {
+    @Test func parsesEveryValueKindAndKeepsMemberOrder() throws {
+        let json = try JSON.parse(#"{"z":1,"a":[true,false,null],"n":-2.5e1,"s":"x\"\\\/\n\u00e9\ud83d\ude00"}"#)
+        #expect(json.objectValue?.map(\.0) == ["z", "a", "n", "s"])
+        #expect(json["z"] == .int(1))
+        #expect(json["a"] == [true, false, nil])
+        #expect(json["n"] == .double(-25))
+        #expect(json["s"] == .string("x\"\\/\né😀"))
+    }
+
+    @Test func serialisesCompactlyWithEscapes() {
+        let json: JSON = ["text": "a\"b\\c\nd\u{01}", "list": [1, 2.5, nil, false]]
+        #expect(json.serialized == #"{"text":"a\"b\\c\nd\u0001","list":[1,2.5,null,false]}"#)
+    }
+
+    @Test func roundTripsThroughText() throws {
+        let original: JSON = ["a": ["b": ["c": "ünïcode ✓"]], "n": 9007199254740993]
+        #expect(try JSON.parse(original.serialized) == original)
+    }
+
+    @Test(arguments: ["", "{", "[1,]", "{\"a\" 1}", "tru", "01", "1.", "\"\u{01}\"", "\"\\x\"", "\"\\ud800\"", "{} x", "nan"])
+    func rejectsMalformedText(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSON.parse(text) }
+    }
+
+    @Test func refusesNestingDeeperThanTheLimit() {
+        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
+        #expect(throws: JSONParseError.self) { try JSON.parse(deep) }
+        let fine = String(repeating: "[", count: 32) + String(repeating: "]", count: 32)
+        #expect((try? JSON.parse(fine)) != nil)
+    }
+
+    @Test func rejectsInvalidUTF8() {
+        #expect(throws: JSONParseError.self) { try JSON.parse([0x22, 0xFF, 0x22]) }
+    }
+}

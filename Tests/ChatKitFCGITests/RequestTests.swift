@@ -1,0 +1,86 @@
+@testable import ChatKitFCGI
+import Testing
+
+@Suite struct ChatRequestTests {
+    func parse(_ body: String) throws(APIError) -> ChatRequest { try ChatRequest(body: Array(body.utf8)) }
+
+    @Test func takesTheLastUserMessageAndTheConversation() throws {
+        let request = try parse(#"{"messages":[{"role":"user","content":"old"},{"role":"assistant","content":"x"},{"role":"user","content":"new"}],"conversation_id":7}"#)
+        #expect(request.message == "new")
+        #expect(request.conversationID == 7)
+        let parts = try parse(#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"conversation_id":null}"#)
+        #expect(parts.message == "ab")
+        #expect(parts.conversationID == nil)
+    }
+
+    @Test(arguments: [
+        ("{", 400), ("[]", 422), ("{}", 422), (#"{"messages":[]}"#, 422), (#"{"messages":"hi"}"#, 422),
+        (#"{"messages":[{"role":"assistant","content":"hi"}]}"#, 422),
+        (#"{"messages":[{"role":"user","content":""}]}"#, 422),
+        (#"{"messages":[{"role":"user","content":5}]}"#, 422),
+        (#"{"messages":[{"role":"wizard","content":"x"},{"role":"user","content":"hi"}]}"#, 422),
+        (#"{"messages":[{"role":"user","content":"hi"}],"conversation_id":"7"}"#, 422),
+        (#"{"messages":[{"role":"user","content":"hi"}],"conversation_id":-1}"#, 422),
+        (#"{"messages":[{"role":"user","content":"hi"}],"conversation_id":1.5}"#, 422),
+    ])
+    func badBodiesGetA4xxWithADetail(body: String, status: Int) {
+        do {
+            _ = try parse(body)
+            Issue.record("\(body) was accepted")
+        } catch {
+            #expect(error.status == status, "\(body)")
+            #expect(!error.detail.isEmpty)
+        }
+    }
+
+    @Test func titlesAreShortTruncations() {
+        #expect(ChatEndpoint.title(for: "  Add milk\nplease ") == "Add milk please")
+        let long = ChatEndpoint.title(for: String(repeating: "word ", count: 30))
+        #expect(long.count <= 61 && long.hasSuffix("…"))
+    }
+}
+
+@Suite struct APIErrorTests {
+    @Test func mapsEveryFailureToOneStatus() {
+        #expect(APIError.unauthorized(.expired).status == 401)
+        #expect(APIError.unauthorized(.missingToken).headers.first! == ("WWW-Authenticate", "Bearer"))
+        #expect(APIError.model(.http(status: 429, message: "slow", retryAfter: "7")).status == 429)
+        #expect(APIError.model(.http(status: 429, message: "slow", retryAfter: "7")).headers.first! == ("Retry-After", "7"))
+        #expect(APIError.model(.http(status: 401, message: "bad key", retryAfter: nil)).status == 502)
+        #expect(APIError.model(.unreachable("refused")).status == 502)
+        #expect(APIError.model(.timedOut("slow")).status == 504)
+        #expect(APIError.payloadTooLarge(limit: 10).status == 413)
+        #expect(APIError.methodNotAllowed(allowed: ["POST"]).headers.first! == ("Allow", "POST"))
+    }
+}
+
+@Suite struct ConfigTests {
+    let base = ["BETTER_AUTH_SECRET": String(repeating: "s", count: 32)]
+
+    @Test func defaultsFollowTheDocumentedValues() throws {
+        let config = try Config.load(environment: base, workingDirectory: "/srv")
+        #expect(config.databasePath == "/srv/chatkit.db")
+        #expect(config.openAIBaseURL == "https://api.openai.com/v1")
+        #expect(config.maxToolRounds == 8)
+        #expect(config.maxBodyBytes == 1 << 20)
+    }
+
+    @Test func readsDatabaseURLs() throws {
+        var environment = base
+        environment["DATABASE_URL"] = "sqlite:///var/lib/chatkit/x.db"
+        #expect(try Config.load(environment: environment, workingDirectory: "/").databasePath == "/var/lib/chatkit/x.db")
+        environment["DATABASE_URL"] = "data/x.db"
+        #expect(try Config.load(environment: environment, workingDirectory: "/srv").databasePath == "/srv/data/x.db")
+    }
+
+    @Test func reportsEveryProblemAtOnce() {
+        let environment = ["DATABASE_URL": "sqlite://relative.db", "CHATKIT_THREADS": "lots", "BETTER_AUTH_SECRET": "short",
+                           "OPENAI_BASE_URL": "ftp://x", "CHATKIT_SOCKET_MODE": "999"]
+        #expect {
+            try Config.load(environment: environment, workingDirectory: "/")
+        } throws: { error in
+            (error as? Config.Invalid)?.problems.count == 5
+        }
+        #expect(throws: Config.Invalid.self) { try Config.load(environment: [:], workingDirectory: "/") }
+    }
+}
