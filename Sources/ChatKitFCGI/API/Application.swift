@@ -17,9 +17,9 @@ public final class Application: Sendable {
     /// The verifier the configuration asks for; a JWKS URL is fetched with libcurl.
     public static func verifier(for config: Config) -> JWTVerifier {
         var keySource: JWKSource?
+        let cooldown = Double(config.jwksCooldownSeconds)
         if let path = config.jwksFile {
-            keySource = JWKSource {
-                () throws(AuthError) -> [UInt8] in
+            keySource = JWKSource(cooldown: cooldown) { () throws(AuthError) -> [UInt8] in
                 do throws(FileSystem.Failure) {
                     return try FileSystem.read(path)
                 } catch {
@@ -27,7 +27,7 @@ public final class Application: Sendable {
                 }
             }
         } else if let url = config.jwksURL {
-            keySource = JWKSource { () throws(AuthError) -> [UInt8] in try JWKSFetch.get(url) }
+            keySource = JWKSource(cooldown: cooldown) { () throws(AuthError) -> [UInt8] in try JWKSFetch.get(url) }
         }
         return JWTVerifier(
             hmacKey: config.betterAuthSecret.map { Array($0.utf8) }, keySource: keySource, issuer: config.jwtIssuer,

@@ -14,6 +14,7 @@ public struct Config: Sendable {
     public var jwtIssuer: String?
     public var jwtAudience: String?
     public var jwtLeewaySeconds = 60
+    public var jwksCooldownSeconds = 30
     public var threads = 256
     public var socketPath: String?
     public var socketMode: UInt32 = 0o660
@@ -44,6 +45,7 @@ public struct Config: Sendable {
         ("JWT_ISSUER", "required iss claim, when set"),
         ("JWT_AUDIENCE", "required aud claim, when set"),
         ("JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf (default 60)"),
+        ("JWT_JWKS_COOLDOWN_SECONDS", "least time between JWKS refetches for unknown kids (default 30)"),
         ("CHATKIT_THREADS", "worker threads = concurrent requests (default 256)"),
         ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
@@ -110,6 +112,7 @@ public struct Config: Sendable {
         config.jwtIssuer = value("JWT_ISSUER")
         config.jwtAudience = value("JWT_AUDIENCE")
         integer("JWT_LEEWAY_SECONDS", &config.jwtLeewaySeconds, range: 0...300)
+        integer("JWT_JWKS_COOLDOWN_SECONDS", &config.jwksCooldownSeconds, range: 0...3600)
         integer("CHATKIT_THREADS", &config.threads, range: 1...4096)
         config.socketPath = value("CHATKIT_SOCKET")
         if let mode = value("CHATKIT_SOCKET_MODE") {

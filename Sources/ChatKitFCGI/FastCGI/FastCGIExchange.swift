@@ -65,7 +65,10 @@ final class FastCGIExchange: ResponseWriter {
         headWritten = true
         self.status = status
         var head = "Status: \(status) \(HTTPStatus.reason(status))\r\n"
-        for (name, value) in headers { head += "\(name): \(value)\r\n" }
+        for (name, value) in headers {
+            // A value relayed from upstream (Retry-After) must never be able to end the head.
+            head += "\(name): \(String(value.unicodeScalars.filter { $0 != "\r" && $0 != "\n" }))\r\n"
+        }
         head += "\r\n"
         pendingHead = Array(head.utf8)
     }

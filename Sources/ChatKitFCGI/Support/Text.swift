@@ -1,8 +1,7 @@
 extension StringProtocol {
-    /// Drops ASCII whitespace at both ends (Foundation-free).
+    /// Drops whitespace and line ends (including the "\r\n" grapheme) at both ends.
     func trimmed() -> SubSequence {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
-        guard let start = firstIndex(where: { !isSpace($0) }), let end = lastIndex(where: { !isSpace($0) }) else {
+        guard let start = firstIndex(where: { !$0.isWhitespace }), let end = lastIndex(where: { !$0.isWhitespace }) else {
             return self[endIndex...]
         }
         return self[start...end]

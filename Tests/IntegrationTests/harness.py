@@ -1,0 +1,181 @@
+"""Starts the real pieces on loopback: the mock model, chatkit-fcgi and nginx.
+
+Used by the integration tests and the benchmark. Everything started here is stopped by
+`Stack.stop()`; ports are picked free, files live in one temporary directory.
+"""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD_DIR = os.environ.get("CHATKIT_BUILD_DIR", os.path.join(REPO, ".build", "debug"))
+SECRET = "integration-test-secret-0123456789abcdef"
+MODEL_KEY = "mock-api-key-for-tests"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def port_open(port):
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def hs256_token(sub, ttl=600, secret=SECRET, now=None):
+    """The same HS256 token `chatkit-fcgi token` mints, built independently in Python."""
+    import hashlib
+    import hmac
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    issued = int(now if now is not None else time.time())
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps({"sub": sub, "iat": issued, "exp": issued + ttl}).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+class Process:
+    def __init__(self, name, argv, env, log_dir, **kwargs):
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, **kwargs)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+        return self.popen.returncode
+
+    def output(self):
+        with open(self.log_path, "rb") as log:
+            return log.read().decode(errors="replace")
+
+
+class Stack:
+    """mock model <- chatkit-fcgi <- nginx, all on loopback, in one temporary directory."""
+
+    def __init__(self, threads=16, extra_env=None, mock_delay_ms=0, with_nginx=True, build_dir=BUILD_DIR):
+        self.dir = tempfile.mkdtemp(prefix="chatkit-it-")
+        # nginx workers run as nobody when the tests run as root: they must reach the socket.
+        os.chmod(self.dir, 0o711)
+        self.socket = os.path.join(self.dir, "app.sock")
+        self.database = os.path.join(self.dir, "chat.db")
+        self.model_port = free_port()
+        self.http_port = free_port() if with_nginx else None
+        self.processes = []
+        self.build_dir = build_dir
+        try:
+            self.mock = self._start(
+                "mock-model", [os.path.join(build_dir, "mock-model"), "--port", str(self.model_port)],
+                {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(mock_delay_ms)})
+            wait_until(lambda: port_open(self.model_port), what="mock model")
+            self.env = {
+                "DATABASE_URL": f"sqlite://{self.database}",
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{self.model_port}/v1",
+                "OPENAI_API_KEY": MODEL_KEY,
+                "OPENAI_MODEL": "mock-model",
+                "BETTER_AUTH_SECRET": SECRET,
+                "CHATKIT_SOCKET_MODE": "0666",
+                "CHATKIT_MAX_TOOL_ROUNDS": "3",
+                **(extra_env or {}),
+            }
+            self.responder = self.start_responder(threads)
+            if with_nginx:
+                subprocess.run([os.path.join(REPO, "nginx", "render-local-conf"), os.path.join(self.dir, "nginx"),
+                                str(self.http_port), self.socket], check=True, capture_output=True)
+                prefix = os.path.join(self.dir, "nginx")
+                self.nginx = self._start("nginx", ["nginx", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
+                                                   "-e", "stderr"], {})
+                wait_until(lambda: port_open(self.http_port), what="nginx")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name, argv, env, **kwargs):
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        process = Process(name, argv, full_env, self.dir, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def start_responder(self, threads=16, argv=None, env=None):
+        argv = argv or [self.binary, "serve", "--socket", self.socket, "--threads", str(threads)]
+        process = self._start("chatkit-fcgi", argv, {**self.env, **(env or {})})
+        wait_until(lambda: os.path.exists(self.socket) or not process.alive(), what="responder socket")
+        assert process.alive(), process.output()
+        return process
+
+    @property
+    def binary(self):
+        return os.path.join(self.build_dir, "chatkit-fcgi")
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    # The mock model's own view: what it was sent, and what happened to its streams.
+    def model_requests(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.model_port}/_mock/requests") as reply:
+            return json.load(reply)
+
+    def model_stats(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.model_port}/_mock/stats") as reply:
+            return json.load(reply)
+
+    def db(self):
+        connection = sqlite3.connect(self.database)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def row_counts(self):
+        with self.db() as db:
+            return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    for table in ("conversations", "messages", "tasks")}
+
+    def stop(self):
+        for process in reversed(self.processes):
+            process.stop(signal.SIGQUIT if process.name == "nginx" else signal.SIGTERM)
+        self.processes = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_sse(response):
+    """The seed client's way: every line that starts with `data: `, with its arrival time."""
+    records = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: "):]
+            records.append((time.monotonic(), payload if payload == "[DONE]" else json.loads(payload)))
+    return records
