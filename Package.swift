@@ -15,7 +15,7 @@ let package = Package(
         .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto"]),
         .executableTarget(name: "chatkit-fcgi", dependencies: ["ChatKitFCGI"]),
         // The bundled offline model: deterministic, OpenAI's streaming format, for the dev run and tests.
-        .executableTarget(name: "mock-model"),
+        .executableTarget(name: "mock-model", dependencies: ["ChatKitFCGI"]),
         .testTarget(
             name: "ChatKitFCGITests",
             dependencies: ["ChatKitFCGI"],

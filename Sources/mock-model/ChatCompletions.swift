@@ -1,3 +1,4 @@
+import ChatKitFCGI
 import Glibc
 
 /// `POST /v1/chat/completions`: validation, logging, then either a JSON
@@ -27,16 +28,16 @@ struct ChatCompletions: Sendable {
             return reply(.error(401, message: "Incorrect API key provided (mock): expected 'Authorization: Bearer <MOCK_API_KEY>'",
                                 type: "invalid_request_error", code: "invalid_api_key"))
         }
-        let body: JSONValue
+        let body: JSON
         do {
-            body = try JSONParser.parse(request.body)
+            body = try JSON.parse(request.body)
         } catch {
             return invalid("We could not parse the JSON body of your request: \(error) (mock)")
         }
-        guard case .object(let fields) = body else {
+        guard case .object = body else {
             return invalid("The request body must be a JSON object (mock)")
         }
-        guard let messages = fields["messages"]?.arrayValue, !messages.isEmpty else {
+        guard let messages = body["messages"]?.arrayValue, !messages.isEmpty else {
             return invalid("'messages' is required and must be a non-empty array (mock)")
         }
 
@@ -54,19 +55,19 @@ struct ChatCompletions: Sendable {
         let context = Context(
             id: "chatcmpl-mock\(requestNumber)",
             created: time(nil),
-            model: fields["model"]?.stringValue ?? "mock-model",
+            model: body["model"]?.stringValue ?? "mock-model",
             requestNumber: requestNumber,
             promptTokens: ChatCompletions.promptTokens(messages)
         )
-        if fields["stream"]?.boolValue == true {
-            let includeUsage = fields["stream_options"]?["include_usage"]?.boolValue == true
+        if body["stream"]?.boolValue == true {
+            let includeUsage = body["stream_options"]?["include_usage"]?.boolValue == true
             return stream(plan, context, includeUsage: includeUsage, request: request, connection: connection, keepAlive: keepAlive)
         }
         return respond(plan, context, connection: connection, keepAlive: keepAlive)
     }
 
     /// P = ceil(characters of all message contents / 4); characters are Unicode scalars.
-    static func promptTokens(_ messages: [JSONValue]) -> Int {
+    static func promptTokens(_ messages: [JSON]) -> Int {
         let characters = messages.reduce(0) { $0 + Script.text(of: $1).unicodeScalars.count }
         return (characters + 3) / 4
     }
@@ -82,7 +83,7 @@ struct ChatCompletions: Sendable {
             let response = HTTPResponse.error(500, message: "mock upstream failure", type: "server_error")
             return connection.send(response, keepAlive: keepAlive) && keepAlive
         }
-        let message: JSONValue
+        let message: JSON
         let finishReason: String
         let completionTokens: Int
         switch plan.answer {
@@ -91,7 +92,7 @@ struct ChatCompletions: Sendable {
             finishReason = "stop"
             completionTokens = pieces.count
         case .toolCalls(let calls):
-            let toolCalls: [JSONValue] = calls.enumerated().map { i, call in
+            let toolCalls: [JSON] = calls.enumerated().map { i, call in
                 [
                     "id": .string(callId(context, i)),
                     "type": "function",
@@ -102,8 +103,8 @@ struct ChatCompletions: Sendable {
             finishReason = "tool_calls"
             completionTokens = calls.reduce(0) { $0 + Script.argumentFragments($1.arguments).count }
         }
-        let choice: JSONValue = ["index": 0, "message": message, "logprobs": .null, "finish_reason": .string(finishReason)]
-        let completion: JSONValue = [
+        let choice: JSON = ["index": 0, "message": message, "logprobs": .null, "finish_reason": .string(finishReason)]
+        let completion: JSON = [
             "id": .string(context.id),
             "object": "chat.completion",
             "created": .int(context.created),
@@ -121,7 +122,7 @@ struct ChatCompletions: Sendable {
         return connection.send(response, keepAlive: keepAlive) && keepAlive
     }
 
-    private func usage(_ context: Context, _ completionTokens: Int) -> JSONValue {
+    private func usage(_ context: Context, _ completionTokens: Int) -> JSON {
         [
             "prompt_tokens": .int(context.promptTokens),
             "completion_tokens": .int(completionTokens),
@@ -131,12 +132,12 @@ struct ChatCompletions: Sendable {
 
     // MARK: - Streaming
 
-    private func chunk(_ context: Context, delta: JSONValue, finishReason: String? = nil) -> JSONValue {
-        let choice: JSONValue = [
+    private func chunk(_ context: Context, delta: JSON, finishReason: String? = nil) -> JSON {
+        let choice: JSON = [
             "index": 0,
             "delta": delta,
             "logprobs": .null,
-            "finish_reason": finishReason.map { .string($0) } ?? .null,
+            "finish_reason": JSON(finishReason),
         ]
         return [
             "id": .string(context.id),
@@ -151,8 +152,8 @@ struct ChatCompletions: Sendable {
     private func records(_ plan: MockPlan, _ context: Context, includeUsage: Bool) -> [[UInt8]] {
         let lineEnd = plan.crlf ? "\r\n" : "\n"
         var records: [[UInt8]] = []
-        func add(_ value: JSONValue) {
-            records.append(Array("data: ".utf8) + value.serializedBytes() + Array((lineEnd + lineEnd).utf8))
+        func add(_ value: JSON) {
+            records.append(Array("data: ".utf8) + value.serializedBytes + Array((lineEnd + lineEnd).utf8))
         }
 
         add(chunk(context, delta: ["role": "assistant", "content": ""]))
@@ -167,7 +168,7 @@ struct ChatCompletions: Sendable {
             finishReason = "stop"
         case .toolCalls(let calls):
             for (i, call) in calls.enumerated() {
-                let header: JSONValue = [
+                let header: JSON = [
                     "index": .int(i),
                     "id": .string(callId(context, i)),
                     "type": "function",
@@ -175,7 +176,7 @@ struct ChatCompletions: Sendable {
                 ]
                 add(chunk(context, delta: ["tool_calls": [header]]))
                 for fragment in Script.argumentFragments(call.arguments) {
-                    let part: JSONValue = ["index": .int(i), "function": ["arguments": .string(fragment)]]
+                    let part: JSON = ["index": .int(i), "function": ["arguments": .string(fragment)]]
                     add(chunk(context, delta: ["tool_calls": [part]]))
                     completionTokens += 1
                 }

@@ -1,3 +1,4 @@
+import ChatKitFCGI
 import Glibc
 
 /// Minimal blocking HTTP/1.1 server: one detached pthread per connection.
@@ -7,6 +8,8 @@ struct HTTPServer: Sendable {
     let config: Config
     let router: Router
 
+    /// Parsing, serializing and freeing a request body all recurse once per
+    /// nesting level; `JSON.maximumDepth` (64) keeps that well inside 256 KB.
     static let threadStackSize = 256 * 1024
 
     func run() -> Never {
@@ -215,19 +218,19 @@ struct HTTPResponse {
     var headers: [(String, String)] = []
     var body: [UInt8] = []
 
-    static func json(_ status: Int, _ value: JSONValue, headers: [(String, String)] = []) -> HTTPResponse {
-        HTTPResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: value.serializedBytes())
+    static func json(_ status: Int, _ value: JSON, headers: [(String, String)] = []) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("Content-Type", "application/json")] + headers, body: value.serializedBytes)
     }
 
     /// OpenAI-style error body.
     static func error(_ status: Int, message: String, type: String, param: String? = nil, code: String? = nil,
                       headers: [(String, String)] = []) -> HTTPResponse {
-        let body: JSONValue = [
+        let body: JSON = [
             "error": [
                 "message": .string(message),
                 "type": .string(type),
-                "param": param.map { .string($0) } ?? .null,
-                "code": code.map { .string($0) } ?? .null,
+                "param": JSON(param),
+                "code": JSON(code),
             ]
         ]
         return json(status, body, headers: headers)

@@ -1,3 +1,4 @@
+import ChatKitFCGI
 import Synchronization
 
 /// Process-wide request log and counters shared by all connection threads.
@@ -11,7 +12,7 @@ final class MockState: Sendable {
     }
 
     private struct State {
-        var log: [JSONValue] = []
+        var log: [JSON] = []
         var requests = 0
         var streamsStarted = 0
         var streamsCompleted = 0
@@ -27,7 +28,7 @@ final class MockState: Sendable {
 
     /// Logs a valid chat request; returns its request number (1, 2, ...),
     /// used for `chatcmpl-mock<n>` and `call_mock_<n>_<i>`.
-    func logRequest(_ body: JSONValue) -> Int {
+    func logRequest(_ body: JSON) -> Int {
         state.withLock { s in
             s.log.append(body)
             s.requests += 1
@@ -36,7 +37,7 @@ final class MockState: Sendable {
         }
     }
 
-    func loggedRequests() -> [JSONValue] {
+    func loggedRequests() -> [JSON] {
         // Copy-on-write: the array is copied out cheaply, serialized outside the lock.
         state.withLock { $0.log }
     }
@@ -68,7 +69,7 @@ final class MockState: Sendable {
         }
     }
 
-    func statsJSON() -> JSONValue {
+    func statsJSON() -> JSON {
         state.withLock { s in
             [
                 "requests": .int(s.requests),

@@ -1,3 +1,5 @@
+import ChatKitFCGI
+
 /// Maps method + path to handlers. Returns whether the connection stays open.
 struct Router: Sendable {
     let config: Config

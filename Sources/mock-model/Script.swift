@@ -1,3 +1,5 @@
+import ChatKitFCGI
+
 /// The deterministic "model": maps a `messages` array to what the mock answers.
 /// Pure functions only, so every rule can be reasoned about from the request alone.
 
@@ -46,7 +48,7 @@ struct MockPlan: Sendable {
 }
 
 enum Script {
-    static func decide(_ messages: [JSONValue]) -> ScriptOutcome {
+    static func decide(_ messages: [JSON]) -> ScriptOutcome {
         let lastUser = messages.last(where: { role($0) == "user" })
         let turnCommand = lastUser.map { text(of: $0).trimmingWhitespace() }
 
@@ -161,7 +163,7 @@ enum Script {
         ToolCall(name: "list_tasks", arguments: json(["status": .string(status)]))
     }
 
-    private static func json(_ value: JSONValue) -> String { value.serialized() }
+    private static func json(_ value: JSON) -> String { value.serialized }
 
     /// Word-by-word pieces: every word keeps its following space except the last,
     /// so concatenating the pieces reproduces the text exactly.
@@ -192,13 +194,13 @@ enum Script {
         return fragments
     }
 
-    static func role(_ message: JSONValue) -> String {
+    static func role(_ message: JSON) -> String {
         message["role"]?.stringValue ?? ""
     }
 
     /// Message content as text: a string as-is, an array of parts as its
     /// `text` parts joined with a space, anything else (null) as "".
-    static func text(of message: JSONValue) -> String {
+    static func text(of message: JSON) -> String {
         switch message["content"] {
         case .string(let s)?:
             return s

@@ -24,9 +24,10 @@ public enum JSON: Equatable, Sendable {
         }
     }
 
+    /// With duplicate names the last one wins, as in JavaScript, Python and OpenAI's servers.
     public subscript(key: String) -> JSON? {
         guard case .object(let members) = self else { return nil }
-        return members.first(where: { $0.0 == key })?.1
+        return members.last(where: { $0.0 == key })?.1
     }
 
     public var stringValue: String? {

@@ -203,17 +203,21 @@ struct JSONParser {
         case UInt8(ascii: "t"): output.append(0x09)
         case UInt8(ascii: "u"):
             var code = try parseHex4()
-            if (0xD800..<0xDC00).contains(code) {
-                guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
-                else { throw error("unpaired surrogate") }
+            if (0xD800..<0xDC00).contains(code), index + 5 < bytes.count, bytes[index] == UInt8(ascii: "\\"),
+                bytes[index + 1] == UInt8(ascii: "u")
+            {
+                let start = index
                 index += 2
                 let low = try parseHex4()
-                guard (0xDC00..<0xE000).contains(low) else { throw error("unpaired surrogate") }
-                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-            } else if (0xDC00..<0xE000).contains(code) {
-                throw error("unpaired surrogate")
+                if (0xDC00..<0xE000).contains(low) {
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    index = start  // not a pair: the second escape is read on its own
+                }
             }
-            guard let scalar = Unicode.Scalar(code) else { throw error("invalid escape") }
+            // A lone surrogate (text cut inside an emoji by JavaScript or Python) cannot be
+            // stored as UTF-8: it becomes U+FFFD, as browsers do when they decode it.
+            let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
             output.append(contentsOf: UTF8.encode(scalar)!)
         default:
             throw error("invalid escape")

@@ -18,6 +18,8 @@ extension JSON {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
         case .int(let i): out.append(contentsOf: String(i).utf8)
+        case .double(let d) where !d.isFinite:
+            out.append(contentsOf: "null".utf8)  // JSON has no infinity or NaN
         case .double(let d):
             // Whole doubles print as integers so "1" survives a round trip as "1", not "1.0".
             if d.rounded() == d, abs(d) < 1e15 {
