@@ -84,3 +84,12 @@ import Testing
         #expect(throws: Config.Invalid.self) { try Config.load(environment: [:], workingDirectory: "/") }
     }
 }
+
+@Suite struct DocumentationTests {
+    @Test func theREADMEDocumentsEveryVariable() throws {
+        let readme = String(decoding: try FileSystem.read(Fixture.directory + "/../../../README.md"), as: UTF8.self)
+        for variable in Config.variables {
+            #expect(readme.contains("| `\(variable.name)` |"), "\(variable.name) is not in the README's table")
+        }
+    }
+}

@@ -58,6 +58,7 @@ public enum ChatKitCommand {
             config.threads = count
         }
         try SQLiteStore(path: config.databasePath).migrate()
+        raiseOpenFileLimit()
         let app = Application(config: config, verifier: Application.verifier(for: config))
         do {
             try app.verifier.preloadKeys()
@@ -105,6 +106,18 @@ public enum ChatKitCommand {
         }
         Log.info("stopped")
         return 0
+    }
+
+    /// Every busy thread holds about five descriptors (FastCGI, model connection, SQLite's three
+    /// files); the usual soft limit of 1024 would cap a 256-thread server. Nothing here uses
+    /// select(), so the hard limit is safe to take.
+    private static func raiseOpenFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) != 0 {
+            Log.warning("could not raise the open file limit: \(String(cString: strerror(errno)))")
+        }
     }
 
     private static func token(_ flags: Flags) throws -> Int32 {
