@@ -37,6 +37,13 @@ import Testing
         #expect(turn[1].json.serialized == #"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"add_task","arguments":"{\"title\": \"milk\"}"}},{"id":"call_2","type":"function","function":{"name":"list_tasks","arguments":"{}"}}]}"#)
     }
 
+    @Test func textIsStoredWholeEvenWithANulCharacter() throws {
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "alice", title: "t")
+        try store.append([.user("before\u{0}after ✓")], to: conversation.id)
+        #expect(try store.recentMessages(conversationID: conversation.id, limit: 1).first?.content == "before\u{0}after ✓")
+    }
+
     @Test func theHistoryWindowNeverStartsBetweenACallAndItsResult() throws {
         let store = try database.store()
         let conversation = try store.createConversation(userID: "alice", title: "t")

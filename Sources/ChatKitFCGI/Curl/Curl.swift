@@ -11,8 +11,10 @@ public enum Curl {
 
 /// Why a transfer produced no usable response.
 public enum TransferError: Error, Equatable, CustomStringConvertible {
-    /// libcurl's own failure: DNS, connect, TLS, timeouts.
+    /// libcurl's own failure: DNS, connect, TLS.
     case transport(String)
+    /// The connect timeout, the stall timeout or the total timeout ran out.
+    case timedOut(String)
     /// The watched descriptor became readable: our client went away.
     case watchedDescriptorReady
     /// The body consumer or the tick asked to stop.
@@ -20,7 +22,7 @@ public enum TransferError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .transport(let message): message
+        case .transport(let message), .timedOut(let message): message
         case .watchedDescriptorReady: "client disconnected"
         case .stopped: "stopped"
         }
@@ -146,7 +148,8 @@ public final class HTTPClient {
             if message.pointee.msg == CURLMSG_DONE, message.pointee.data.result != CURLE_OK {
                 let result = message.pointee.data.result
                 if result == CURLE_WRITE_ERROR, sink.stopRequested { throw .stopped }
-                throw .transport(String(cString: curl_easy_strerror(result)))
+                let message = String(cString: curl_easy_strerror(result))
+                throw result == CURLE_OPERATION_TIMEDOUT ? .timedOut(message) : .transport(message)
             }
         }
     }

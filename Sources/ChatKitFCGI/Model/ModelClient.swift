@@ -166,8 +166,7 @@ public final class ModelClient: ChatModel {
             if let failure { throw failure }
             switch error {
             case .watchedDescriptorReady, .stopped: throw .cancelled
-            case .transport(let message) where message.lowercased().contains("timeout") || message.lowercased().contains("timed out"):
-                throw .timedOut(message)
+            case .timedOut(let message): throw .timedOut(message)
             case .transport(let message): throw .unreachable(message)
             }
         }

@@ -135,7 +135,12 @@ final class SQLiteStatement {
             switch value {
             case .null: status = sqlite3_bind_null(raw, index)
             case .integer(let integer): status = sqlite3_bind_int64(raw, index, integer)
-            case .text(let text): status = sqlite3_bind_text(raw, index, text, -1, csqlite_transient())
+            case .text(let text):
+                // An explicit length, so text with an embedded NUL is stored whole.
+                let bytes = text.utf8CString
+                status = bytes.withUnsafeBufferPointer {
+                    sqlite3_bind_text(raw, index, $0.baseAddress, Int32($0.count - 1), csqlite_transient())
+                }
             }
             guard status == SQLITE_OK else { throw SQLiteError(code: status, message: connection.lastErrorMessage, sql: sql) }
         }
