@@ -34,7 +34,7 @@ struct HTTPServer: Sendable {
             }
             configureClientSocket(fd)
             let router = self.router
-            let started = spawnDetachedThread(stackSize: HTTPServer.threadStackSize) {
+            let started = DetachedThread.start(stackBytes: HTTPServer.threadStackSize) {
                 ClientConnection(fd: fd).serve(router: router)
             }
             if !started {
@@ -154,34 +154,6 @@ enum BindAddress {
             Int(UInt16(bytes[2]) << 8 | UInt16(bytes[3]))
         }
     }
-}
-
-// MARK: - Threads
-
-private final class ThreadBody {
-    let run: @Sendable () -> Void
-    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-}
-
-/// Starts `body` on a detached pthread with the given stack size.
-func spawnDetachedThread(stackSize: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
-    var attributes = pthread_attr_t()
-    pthread_attr_init(&attributes)
-    defer { pthread_attr_destroy(&attributes) }
-    pthread_attr_setstacksize(&attributes, stackSize)
-    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-
-    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, &attributes, { context in
-        Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue().run()
-        return nil
-    }, context)
-    if rc != 0 {
-        Unmanaged<ThreadBody>.fromOpaque(context).release()
-        return false
-    }
-    return true
 }
 
 // MARK: - Connections

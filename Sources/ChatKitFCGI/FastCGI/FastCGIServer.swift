@@ -58,8 +58,9 @@ public final class FastCGIServer: @unchecked Sendable {
     }
 
     public func startWorkers(count: Int) {
-        for _ in 0..<count {
-            Thread.start(stackBytes: Self.threadStackBytes) { [self] in serve() }
+        for index in 0..<count {
+            let started = DetachedThread.start(stackBytes: Self.threadStackBytes) { [self] in serve() }
+            precondition(started, "the system refused to start worker thread \(index + 1) of \(count)")
         }
     }
 
@@ -95,30 +96,5 @@ public final class FastCGIServer: @unchecked Sendable {
             app.lifecycle.requestEnded()
             Log.info(log.line)
         }
-    }
-}
-
-/// A pthread with a chosen stack size. Foundation's Thread is not used: the library stays
-/// Foundation-free.
-enum Thread {
-    private final class Body {
-        let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
-    }
-
-    static func start(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setstacksize(&attributes, stackBytes)
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let context = Unmanaged.passRetained(Body(body)).toOpaque()
-        var thread = pthread_t()
-        let status = pthread_create(&thread, &attributes, { context in
-            let body = Unmanaged<Body>.fromOpaque(context!).takeRetainedValue()
-            body.run()
-            return nil
-        }, context)
-        precondition(status == 0, "pthread_create failed: \(status)")
     }
 }

@@ -4,6 +4,8 @@ public enum TaskTools {
 
     private static let taskID: JSON = ["type": "integer", "minimum": 1, "description": "The task's id, as returned by add_task or list_tasks."]
     private static let title: JSON = ["type": "string", "minLength": 1, "maxLength": 500, "description": "Short task text."]
+    private static let onlyTaskID: JSON = ["type": "object", "properties": ["task_id": taskID], "required": ["task_id"],
+                                           "additionalProperties": false]
     private static let details: JSON = ["type": "string", "maxLength": 5000, "description": "Optional longer notes."]
 
     static let addTask = Tool(
@@ -35,8 +37,7 @@ public enum TaskTools {
     static let completeTask = Tool(
         name: "complete_task",
         description: "Mark one of the user's tasks as completed.",
-        parameters: ["type": "object", "properties": ["task_id": taskID], "required": ["task_id"],
-                     "additionalProperties": false],
+        parameters: onlyTaskID,
         hints: Tool.Hints(idempotent: true)
     ) { arguments, context in
         let id = arguments.integer("task_id")!
@@ -47,8 +48,7 @@ public enum TaskTools {
     static let deleteTask = Tool(
         name: "delete_task",
         description: "Delete one of the user's tasks.",
-        parameters: ["type": "object", "properties": ["task_id": taskID], "required": ["task_id"],
-                     "additionalProperties": false],
+        parameters: onlyTaskID,
         hints: Tool.Hints(destructive: true, idempotent: true)
     ) { arguments, context in
         let id = arguments.integer("task_id")!
