@@ -45,7 +45,7 @@ public final class Worker {
                 Log.error("\(request.method) \(request.path): \(error)")
                 apiError = .storageUnavailable
             }
-            if case .unauthorized(let reason) = apiError { log.note = reason.description }
+            if case .unauthorized(let reason, _) = apiError { log.note = reason.description }
             if writer.headWritten {
                 let sse = SSEWriter(writer: writer)
                 sse.send(["type": "error", "code": "internal_error", "detail": .string(apiError.detail)])
@@ -60,12 +60,22 @@ public final class Worker {
     private func route(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
         switch request.path {
         case "/api/chat":
-            guard request.method == "POST" else { throw APIError.methodNotAllowed(allowed: ["POST"]) }
+            try require("POST", request)
             if app.lifecycle.isDraining { throw APIError.shuttingDown }
             let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
             try ChatEndpoint(worker: self).handle(request, user: user.subject, writer: writer, log: &log)
+        case "/api/mcp":
+            try require("POST", request)
+            try MCPEndpoint(worker: self).handle(request, writer: writer)
+        case let path where MCPEndpoint.metadataPaths.contains(path):
+            try require("GET", request)
+            writer.writeJSON(status: 200, MCPEndpoint(worker: self).metadata(for: request))
         default:
             throw APIError.notFound("no such endpoint: \(request.path)")
         }
+    }
+
+    private func require(_ method: String, _ request: HTTPRequest) throws {
+        guard request.method == method else { throw APIError.methodNotAllowed(allowed: [method]) }
     }
 }

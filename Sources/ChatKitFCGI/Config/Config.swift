@@ -26,6 +26,8 @@ public struct Config: Sendable {
     public var stallTimeoutSeconds = 60
     public var keepaliveSeconds = 15
     public var shutdownGraceSeconds = 30
+    public var publicURL: String?
+    public var mcpAllowedOrigins: [String] = []
 
     public static let defaultSystemPrompt = """
         You are a helpful assistant that manages the user's todo list. Use the tools to add, list, \
@@ -57,6 +59,8 @@ public struct Config: Sendable {
         ("CHATKIT_STALL_TIMEOUT_SECONDS", "abort a model stream silent this long (default 60)"),
         ("CHATKIT_KEEPALIVE_SECONDS", "SSE comment interval while waiting (default 15)"),
         ("CHATKIT_SHUTDOWN_GRACE_SECONDS", "how long SIGTERM waits for streams (default 30)"),
+        ("CHATKIT_PUBLIC_URL", "public base URL, e.g. https://app.example (default: from the request)"),
+        ("CHATKIT_MCP_ALLOWED_ORIGINS", "comma-separated browser Origins allowed on /api/mcp (default none)"),
     ]
 
     public init() {}
@@ -130,6 +134,16 @@ public struct Config: Sendable {
         integer("CHATKIT_STALL_TIMEOUT_SECONDS", &config.stallTimeoutSeconds, range: 1...3600)
         integer("CHATKIT_KEEPALIVE_SECONDS", &config.keepaliveSeconds, range: 1...300)
         integer("CHATKIT_SHUTDOWN_GRACE_SECONDS", &config.shutdownGraceSeconds, range: 0...3600)
+
+        if let url = value("CHATKIT_PUBLIC_URL") {
+            if url.hasPrefix("http://") || url.hasPrefix("https://") {
+                config.publicURL = url.hasSuffix("/") ? String(url.dropLast()) : url
+            } else {
+                problems.append("CHATKIT_PUBLIC_URL=\(url) must start with http:// or https://")
+            }
+        }
+        config.mcpAllowedOrigins = (value("CHATKIT_MCP_ALLOWED_ORIGINS") ?? "").split(separator: ",")
+            .map { String($0.trimmed()) }.filter { !$0.isEmpty }
 
         if config.betterAuthSecret == nil, config.jwksURL == nil, config.jwksFile == nil {
             problems.append("no token verification configured: set BETTER_AUTH_SECRET, JWT_JWKS_URL or JWT_JWKS_FILE")

@@ -43,6 +43,7 @@ final class FastCGIExchange: ResponseWriter {
         var httpRequest = HTTPRequest(
             method: method, path: path.isEmpty ? "/" : path, query: query,
             contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
+        if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
 
         let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
         if declaredLength > maxBodyBytes { return .failure(.payloadTooLarge(limit: maxBodyBytes)) }

@@ -1,7 +1,9 @@
 /// Every failure a request can end in, mapped to an HTTP status in this one place.
 public enum APIError: Error, Equatable {
     case badRequest(String)
-    case unauthorized(AuthError)
+    /// MCP clients learn where to get a token from `resourceMetadata` (RFC 9728).
+    case unauthorized(AuthError, resourceMetadata: String? = nil)
+    case forbidden(String)
     case notFound(String)
     case methodNotAllowed(allowed: [String])
     case payloadTooLarge(limit: Int)
@@ -15,6 +17,7 @@ public enum APIError: Error, Equatable {
         switch self {
         case .badRequest: 400
         case .unauthorized: 401
+        case .forbidden: 403
         case .notFound: 404
         case .methodNotAllowed: 405
         case .payloadTooLarge: 413
@@ -30,8 +33,8 @@ public enum APIError: Error, Equatable {
 
     public var detail: String {
         switch self {
-        case .badRequest(let why), .invalidBody(let why), .notFound(let why): why
-        case .unauthorized(let error): error.detail
+        case .badRequest(let why), .invalidBody(let why), .notFound(let why), .forbidden(let why): why
+        case .unauthorized(let error, _): error.detail
         case .methodNotAllowed(let allowed): "method not allowed; use \(allowed.joined(separator: ", "))"
         case .payloadTooLarge(let limit): "request body larger than \(limit) bytes"
         case .unsupportedMediaType: "Content-Type must be application/json"
@@ -48,21 +51,19 @@ public enum APIError: Error, Equatable {
 
     public var headers: [(String, String)] {
         switch self {
-        case .unauthorized(.missingToken): [("WWW-Authenticate", "Bearer")]
-        case .unauthorized: [("WWW-Authenticate", "Bearer error=\"invalid_token\"")]
-        case .methodNotAllowed(let allowed): [("Allow", allowed.joined(separator: ", "))]
-        case .model(.http(429, _, let retryAfter?)): [("Retry-After", retryAfter)]
-        case .storageUnavailable, .shuttingDown: [("Retry-After", "1")]
-        default: []
+        case .unauthorized(let error, let metadata):
+            var challenge = error == .missingToken ? ["Bearer"] : ["Bearer error=\"invalid_token\""]
+            if let metadata { challenge.append("resource_metadata=\"\(metadata)\"") }
+            return [("WWW-Authenticate", challenge.joined(separator: ", "))]
+        case .methodNotAllowed(let allowed): return [("Allow", allowed.joined(separator: ", "))]
+        case .model(.http(429, _, let retryAfter?)): return [("Retry-After", retryAfter)]
+        case .storageUnavailable, .shuttingDown: return [("Retry-After", "1")]
+        default: return []
         }
     }
 
     /// The body is always `{"detail": ...}` plus any extra members (such as a conversation id).
     public func write(to writer: ResponseWriter, extra: [(String, JSON)] = [], headers extraHeaders: [(String, String)] = []) {
-        let body = JSON.object([("detail", .string(detail))] + extra).serializedBytes + [0x0A]
-        writer.writeHead(
-            status: status,
-            headers: [("Content-Type", "application/json"), ("Cache-Control", "no-store")] + headers + extraHeaders)
-        _ = writer.write(body)
+        writer.writeJSON(status: status, .object([("detail", .string(detail))] + extra), headers: headers + extraHeaders)
     }
 }

@@ -4,6 +4,8 @@ public struct HTTPRequest: Sendable {
     /// Decoded path without the query string.
     public var path: String
     public var query: String
+    /// `http` or `https`, as nginx saw the request.
+    public var scheme = "http"
     public var contentType: String?
     /// Lower-cased names with `-` as separator (`authorization`, `x-request-id`).
     public var headers: [String: String]
@@ -27,6 +29,11 @@ public struct HTTPRequest: Sendable {
     }
 }
 
+extension HTTPRequest {
+    /// Where the client reached us, for URLs we hand out; `CHATKIT_PUBLIC_URL` overrides it.
+    public var origin: String { "\(scheme)://\(headers["host"] ?? "localhost")" }
+}
+
 /// Where a handler writes its answer. The FastCGI edge implements it; tests record it.
 public protocol ResponseWriter: AnyObject {
     var headWritten: Bool { get }
@@ -36,6 +43,15 @@ public protocol ResponseWriter: AnyObject {
     func write(_ bytes: [UInt8]) -> Bool
     /// Polled while waiting on the model, to notice a vanished client quickly.
     var clientDescriptor: Int32? { get }
+}
+
+extension ResponseWriter {
+    /// A whole JSON answer; `nil` writes the head alone (202, 204).
+    func writeJSON(status: Int, _ body: JSON?, headers: [(String, String)] = []) {
+        let contentType: [(String, String)] = body == nil ? [] : [("Content-Type", "application/json")]
+        writeHead(status: status, headers: contentType + [("Cache-Control", "no-store")] + headers)
+        if let body { _ = write(body.serializedBytes + [0x0A]) }
+    }
 }
 
 public enum HTTPStatus {

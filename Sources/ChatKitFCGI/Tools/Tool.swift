@@ -18,16 +18,26 @@ public struct ToolContext {
 
 /// One tool, defined once and served to the model, to ChatKit and to MCP.
 public struct Tool: Sendable {
+    /// MCP's annotations; defaults are MCP's own, except that our todo store is a closed world.
     public struct Hints: Sendable {
         public var readOnly = false
-        public var destructive = false
+        public var destructive = true
         public var idempotent = false
     }
 
+    /// What a successful call returns. MCP's structured content must be an object, so a list is
+    /// served there under a key; the model and ChatKit see the list itself.
+    public enum Output: Sendable {
+        case object(JSON)
+        case list(key: String, items: JSON)
+    }
+
     public let name: String
+    public let title: String
     public let description: String
     /// JSON Schema of the arguments; also what `run` validates against.
     public let parameters: JSON
+    public let output: Output
     public let hints: Hints
     let handler: @Sendable (ToolArguments, ToolContext) throws -> JSON
 
@@ -35,6 +45,22 @@ public struct Tool: Sendable {
     public var chatCompletionsDefinition: JSON {
         ["type": "function",
          "function": ["name": .string(name), "description": .string(description), "parameters": parameters]]
+    }
+
+    public var outputSchema: JSON {
+        switch output {
+        case .object(let schema): schema
+        case .list(let key, let items):
+            ["type": "object", "properties": [key: ["type": "array", "items": items]], "required": [.string(key)],
+             "additionalProperties": false]
+        }
+    }
+
+    public func structuredContent(_ result: JSON) -> JSON {
+        switch output {
+        case .object: result
+        case .list(let key, _): .object([(key, result)])
+        }
     }
 }
 
@@ -56,35 +82,38 @@ public struct Toolbox: Sendable {
 
     public var chatCompletionsDefinitions: JSON { .array(tools.map(\.chatCompletionsDefinition)) }
 
-    /// Runs one call from its raw argument text. Every failure becomes a `ToolError`, which the
-    /// agent sends back to the model as the tool's result, as the OpenAI Agents SDK does.
+    /// Runs one call from its raw argument text, as a model sends it. Every failure becomes a
+    /// `ToolError`, which goes back to the model as the tool's result, as the OpenAI Agents SDK does.
     public func run(name: String, arguments: String, context: ToolContext) -> Result<JSON, ToolError> {
-        guard let tool = tool(named: name) else {
-            return .failure(ToolError("unknown tool '\(name)'; available: \(tools.map(\.name).joined(separator: ", "))"))
-        }
         let text = arguments.trimmed()
-        let json: JSON
-        if text.isEmpty {
-            json = [:]
-        } else {
-            do throws(JSONParseError) {
-                json = try JSON.parse(String(text))
-            } catch {
-                return .failure(ToolError("arguments are not valid JSON: \(error)"))
-            }
+        guard !text.isEmpty else { return run(name: name, arguments: [:], context: context) }
+        do throws(JSONParseError) {
+            return run(name: name, arguments: try JSON.parse(String(text)), context: context)
+        } catch {
+            guard tool(named: name) != nil else { return .failure(unknownTool(name)) }
+            return .failure(ToolError("arguments are not valid JSON: \(error)"))
         }
+    }
+
+    /// Runs one call whose arguments are already JSON (MCP sends them that way).
+    public func run(name: String, arguments: JSON, context: ToolContext) -> Result<JSON, ToolError> {
+        guard let tool = tool(named: name) else { return .failure(unknownTool(name)) }
         do throws(ToolError) {
-            try SchemaValidator.validate(json, against: tool.parameters)
+            try SchemaValidator.validate(arguments, against: tool.parameters)
         } catch {
             return .failure(error)
         }
         do {
-            return .success(try tool.handler(ToolArguments(json: json), context))
+            return .success(try tool.handler(ToolArguments(json: arguments), context))
         } catch let error as ToolError {
             return .failure(error)
         } catch {
             Log.error("tool \(name) failed: \(error)")
             return .failure(ToolError("the tool failed because of a storage error; try again"))
         }
+    }
+
+    private func unknownTool(_ name: String) -> ToolError {
+        ToolError("unknown tool '\(name)'; available: \(tools.map(\.name).joined(separator: ", "))")
     }
 }
