@@ -45,13 +45,67 @@ public struct ChatMessage: Equatable, Sendable {
     }
 }
 
+/// A stored row of a conversation: a chat message, plus how ChatKit shows it.
+public struct ConversationEntry: Equatable, Sendable {
+    /// Who the row is for: tool traffic and hidden notes are for the model only; workflow rows
+    /// (tool runs shown in the UI) only for ChatKit.
+    public enum Audience: String, Sendable { case everyone, model, client }
+
+    public var message: ChatMessage
+    /// The ChatKit item id (`msg_…`, `wf_…`, `tc_…`, `shcx_…`).
+    public var itemID: String
+    public var audience: Audience
+    /// The ChatKit item body, for rows a plain message cannot describe (workflows, client tool
+    /// calls, user input with tags). Without one the item is built from `message`.
+    public var item: JSON?
+    /// Filled in when read back.
+    public var createdAt: Int64 = 0
+
+    public init(_ message: ChatMessage, itemID: String? = nil, audience: Audience? = nil, item: JSON? = nil) {
+        self.message = message
+        self.itemID = itemID ?? PublicID.make("msg")
+        self.audience = audience ?? Self.defaultAudience(of: message)
+        self.item = item
+    }
+
+    private static func defaultAudience(of message: ChatMessage) -> Audience {
+        switch message.role {
+        case .user: .everyone
+        case .assistant where !(message.content ?? "").isEmpty: .everyone
+        default: .model
+        }
+    }
+}
+
+/// Ids in the official ChatKit server's format: a type prefix, `_`, random hex. Sixteen hex
+/// digits rather than the SDK's eight, so ids stay unique across every user's rows.
+public enum PublicID {
+    public static func make(_ prefix: String) -> String {
+        prefix + "_" + Crypto.randomBytes(8).map { byte in
+            let digits = Array("0123456789abcdef")
+            return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]])
+        }.joined()
+    }
+}
+
 public struct Conversation: Equatable, Sendable {
     public let id: Int64
+    /// The ChatKit thread id (`thr_…`).
+    public let publicID: String
     public let userID: String
+    /// Empty while untitled.
     public var title: String
     public let createdAt: Int64
     public var updatedAt: Int64
 }
+
+/// One page of a listing, ChatKit style: `after` is the id to continue from.
+public struct Page<Element> {
+    public var data: [Element]
+    public var hasMore: Bool
+}
+
+public enum SortOrder: String, Sendable { case asc, desc }
 
 public struct TodoTask: Equatable, Sendable {
     public let id: Int64

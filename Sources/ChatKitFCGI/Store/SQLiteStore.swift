@@ -37,7 +37,26 @@ public final class SQLiteStore: Store {
             updated_at INTEGER NOT NULL
         );
         CREATE INDEX tasks_by_user ON tasks (user_id, id);
+        """,
+        // ChatKit: public thread and item ids, who sees each row, item bodies, feedback.
         """
+        ALTER TABLE conversations ADD COLUMN public_id TEXT;
+        UPDATE conversations SET public_id = 'thr_' || lower(hex(randomblob(8)));
+        CREATE UNIQUE INDEX conversations_by_public_id ON conversations (public_id);
+        ALTER TABLE messages ADD COLUMN public_id TEXT;
+        UPDATE messages SET public_id = 'msg_' || lower(hex(randomblob(8)));
+        CREATE UNIQUE INDEX messages_by_public_id ON messages (public_id);
+        ALTER TABLE messages ADD COLUMN audience TEXT NOT NULL DEFAULT 'everyone'
+            CHECK (audience IN ('everyone', 'model', 'client'));
+        UPDATE messages SET audience = 'model'
+            WHERE role IN ('tool', 'system') OR (role = 'assistant' AND coalesce(content, '') = '');
+        ALTER TABLE messages ADD COLUMN item TEXT;
+        CREATE TABLE feedback (
+            message_id INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('positive', 'negative')),
+            created_at INTEGER NOT NULL
+        );
+        """,
     ]
 
     public var schemaVersion: Int {
@@ -58,39 +77,86 @@ public final class SQLiteStore: Store {
         }
     }
 
-    // MARK: Conversations and messages
+    // MARK: Conversations
+
+    private static let conversationColumns = "id, public_id, user_id, title, created_at, updated_at"
+
+    private static func conversation(_ row: SQLiteRow) -> Conversation {
+        Conversation(
+            id: row.integer(0), publicID: row.text(1) ?? "", userID: row.text(2) ?? "", title: row.text(3) ?? "",
+            createdAt: row.integer(4), updatedAt: row.integer(5))
+    }
 
     public func createConversation(userID: String, title: String) throws -> Conversation {
         let now = Self.now()
+        let publicID = PublicID.make("thr")
         try db.run(
-            "INSERT INTO conversations (user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            [.text(userID), .text(title), .integer(now), .integer(now)])
-        return Conversation(id: db.lastInsertRowID, userID: userID, title: title, createdAt: now, updatedAt: now)
+            "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [.text(publicID), .text(userID), .text(title), .integer(now), .integer(now)])
+        return Conversation(
+            id: db.lastInsertRowID, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
     }
 
     public func conversation(id: Int64, userID: String) throws -> Conversation? {
         try db.query(
-            "SELECT id, user_id, title, created_at, updated_at FROM conversations WHERE id = ? AND user_id = ?",
-            [.integer(id), .text(userID)]
-        ) { row in
-            Conversation(
-                id: row.integer(0), userID: row.text(1) ?? "", title: row.text(2) ?? "",
-                createdAt: row.integer(3), updatedAt: row.integer(4))
-        }.first
+            "SELECT \(Self.conversationColumns) FROM conversations WHERE id = ? AND user_id = ?",
+            [.integer(id), .text(userID)], row: Self.conversation
+        ).first
     }
 
-    public func append(_ messages: [ChatMessage], to conversationID: Int64) throws {
-        guard !messages.isEmpty else { return }
+    public func conversation(publicID: String, userID: String) throws -> Conversation? {
+        try db.query(
+            "SELECT \(Self.conversationColumns) FROM conversations WHERE public_id = ? AND user_id = ?",
+            [.text(publicID), .text(userID)], row: Self.conversation
+        ).first
+    }
+
+    /// Row ids grow with creation time, so ordering by id is creation order with no ties.
+    public func conversations(userID: String, limit: Int, after: String?, order: SortOrder) throws -> Page<Conversation>? {
+        var cursor: Int64?
+        if let after {
+            guard let found = try conversation(publicID: after, userID: userID) else { return nil }
+            cursor = found.id
+        }
+        let rows = try db.query(
+            """
+            SELECT \(Self.conversationColumns) FROM conversations
+            WHERE user_id = ? AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
+            ORDER BY id \(order.rawValue) LIMIT ?
+            """,
+            [.text(userID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
+             .integer(Int64(limit + 1))],
+            row: Self.conversation)
+        return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
+    }
+
+    public func rename(conversationID: Int64, title: String) throws {
+        try db.run(
+            "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
+            [.text(title), .integer(Self.now()), .integer(conversationID)])
+    }
+
+    public func delete(conversationID: Int64) throws {
+        try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)])
+    }
+
+    // MARK: Messages
+
+    public func append(_ entries: [ConversationEntry], to conversationID: Int64) throws {
+        guard !entries.isEmpty else { return }
         let now = Self.now()
         try db.transaction {
-            for message in messages {
+            for entry in entries {
+                let message = entry.message
                 try db.run(
                     """
-                    INSERT INTO messages (conversation_id, role, content, tool_calls, tool_call_id, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?)
+                    INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id,
+                                          item, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
-                    [.integer(conversationID), .text(message.role.rawValue), SQLValue(message.content),
-                     SQLValue(Self.encode(message.toolCalls)), SQLValue(message.toolCallID), .integer(now)])
+                    [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
+                     .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
+                     SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(now)])
             }
             try db.run("UPDATE conversations SET updated_at = ? WHERE id = ?", [.integer(now), .integer(conversationID)])
         }
@@ -99,16 +165,104 @@ public final class SQLiteStore: Store {
     public func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage] {
         let newestFirst = try db.query(
             """
-            SELECT role, content, tool_calls, tool_call_id FROM messages
-            WHERE conversation_id = ? ORDER BY id DESC LIMIT ?
+            SELECT \(Self.entryColumns) FROM messages
+            WHERE conversation_id = ? AND audience != 'client' ORDER BY id DESC LIMIT ?
             """,
-            [.integer(conversationID), .integer(Int64(limit))]
-        ) { row in
-            ChatMessage(
-                role: ChatMessage.Role(rawValue: row.text(0) ?? "") ?? .user, content: row.text(1),
-                toolCalls: Self.decode(row.text(2)), toolCallID: row.text(3))
+            [.integer(conversationID), .integer(Int64(limit))], row: Self.entry)
+        return Array(newestFirst.reversed().map(\.message).trimmedToWholeToolTurns())
+    }
+
+    private static let entryColumns = "role, content, tool_calls, tool_call_id, public_id, audience, item, created_at"
+
+    private static func entry(_ row: SQLiteRow) -> ConversationEntry {
+        let message = ChatMessage(
+            role: ChatMessage.Role(rawValue: row.text(0) ?? "") ?? .user, content: row.text(1),
+            toolCalls: decode(row.text(2)), toolCallID: row.text(3))
+        var entry = ConversationEntry(
+            message, itemID: row.text(4), audience: ConversationEntry.Audience(rawValue: row.text(5) ?? "") ?? .model,
+            item: row.text(6).flatMap { try? JSON.parse($0) })
+        entry.createdAt = row.integer(7)
+        return entry
+    }
+
+    public func entries(conversationID: Int64, limit: Int, after: String?, order: SortOrder) throws -> Page<ConversationEntry>? {
+        var cursor: Int64?
+        if let after {
+            guard let found = try rowID(conversationID: conversationID, itemID: after) else { return nil }
+            cursor = found
         }
-        return Array(Array(newestFirst.reversed()).trimmedToWholeToolTurns())
+        let rows = try db.query(
+            """
+            SELECT \(Self.entryColumns) FROM messages
+            WHERE conversation_id = ? AND audience != 'model' AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
+            ORDER BY id \(order.rawValue) LIMIT ?
+            """,
+            [.integer(conversationID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
+             .integer(Int64(limit + 1))],
+            row: Self.entry)
+        return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
+    }
+
+    private func rowID(conversationID: Int64, itemID: String) throws -> Int64? {
+        try db.query(
+            "SELECT id FROM messages WHERE conversation_id = ? AND public_id = ?", [.integer(conversationID), .text(itemID)]
+        ) { $0.integer(0) }.first
+    }
+
+    public func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry? {
+        try db.query(
+            "SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND public_id = ?",
+            [.integer(conversationID), .text(itemID)], row: Self.entry
+        ).first
+    }
+
+    public func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry? {
+        try db.query(
+            """
+            SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND audience != 'model'
+            ORDER BY id DESC LIMIT 1
+            """,
+            [.integer(conversationID)], row: Self.entry
+        ).first
+    }
+
+    public func replaceItem(conversationID: Int64, itemID: String, item: JSON) throws {
+        try db.run(
+            "UPDATE messages SET item = ? WHERE conversation_id = ? AND public_id = ?",
+            [.text(item.serialized), .integer(conversationID), .text(itemID)])
+    }
+
+    public func deleteEntries(conversationID: Int64, after itemID: String) throws {
+        guard let cursor = try rowID(conversationID: conversationID, itemID: itemID) else { return }
+        try db.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
+    }
+
+    public func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int {
+        try db.transaction {
+            var marked = 0
+            for itemID in itemIDs {
+                guard let row = try rowID(conversationID: conversationID, itemID: itemID) else { continue }
+                try db.run(
+                    """
+                    INSERT INTO feedback (message_id, kind, created_at) VALUES (?, ?, ?)
+                    ON CONFLICT (message_id) DO UPDATE SET kind = excluded.kind, created_at = excluded.created_at
+                    """,
+                    [.integer(row), .text(positive ? "positive" : "negative"), .integer(Self.now())])
+                marked += 1
+            }
+            return marked
+        }
+    }
+
+    /// For tests and operators: the stored feedback of one item.
+    public func feedback(conversationID: Int64, itemID: String) throws -> String? {
+        try db.query(
+            """
+            SELECT f.kind FROM feedback f JOIN messages m ON m.id = f.message_id
+            WHERE m.conversation_id = ? AND m.public_id = ?
+            """,
+            [.integer(conversationID), .text(itemID)]
+        ) { $0.text(0) }.first ?? nil
     }
 
     private static func encode(_ calls: [ToolCall]) -> String? {

@@ -5,18 +5,43 @@
 public protocol Store: AnyObject {
     func migrate() throws
 
+    /// `title` may be empty: a ChatKit thread is untitled until its first answer.
     func createConversation(userID: String, title: String) throws -> Conversation
     func conversation(id: Int64, userID: String) throws -> Conversation?
+    func conversation(publicID: String, userID: String) throws -> Conversation?
+    /// Newest first for `.desc`; `nil` when `after` names no conversation of this user.
+    func conversations(userID: String, limit: Int, after: String?, order: SortOrder) throws -> Page<Conversation>?
+    func rename(conversationID: Int64, title: String) throws
+    func delete(conversationID: Int64) throws
+
     /// Appends in one transaction, so an assistant tool-call message never lands without its results.
-    func append(_ messages: [ChatMessage], to conversationID: Int64) throws
-    /// The newest `limit` messages, oldest first, never starting between a tool call and its result.
+    func append(_ entries: [ConversationEntry], to conversationID: Int64) throws
+    /// The newest `limit` messages the model sees, oldest first, never starting between a tool
+    /// call and its result.
     func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage]
+    /// What ChatKit shows, paged by item id; `nil` when `after` names no item of the conversation.
+    func entries(conversationID: Int64, limit: Int, after: String?, order: SortOrder) throws -> Page<ConversationEntry>?
+    func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry?
+    /// The newest row ChatKit can see.
+    func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry?
+    func replaceItem(conversationID: Int64, itemID: String, item: JSON) throws
+    /// Removes every row stored after `itemID` (hidden ones too), as a retry does.
+    func deleteEntries(conversationID: Int64, after itemID: String) throws
+    /// Returns how many of `itemIDs` belong to the conversation and were marked.
+    func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int
 
     func addTask(userID: String, title: String, description: String?) throws -> TodoTask
     func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask]
     func completeTask(id: Int64, userID: String) throws -> TodoTask?
     func deleteTask(id: Int64, userID: String) throws -> TodoTask?
     func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask?
+}
+
+extension Store {
+    /// Plain chat messages, shown to ChatKit the way their shape suggests.
+    public func append(_ messages: [ChatMessage], to conversationID: Int64) throws {
+        try append(messages.map { ConversationEntry($0) }, to: conversationID)
+    }
 }
 
 extension Array where Element == ChatMessage {
