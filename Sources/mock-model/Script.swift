@@ -96,6 +96,10 @@ enum Script {
         if let id = integerArgument(lc, after: "delete ") {
             return MockPlan(answer: .toolCalls([ToolCall(name: "delete_task", arguments: json(["task_id": .int(id)]))]))
         }
+        // "use NAME": a call to any tool by name, e.g. a ChatKit client tool the browser runs.
+        if lc.hasPrefix("use "), let name = c.dropFirst(4).split(separator: " ").first {
+            return MockPlan(answer: .toolCalls([ToolCall(name: String(name), arguments: json(["scope": "todos"]))]))
+        }
         if lc.hasPrefix("rename ") {
             let parts = split(String(c.dropFirst(7)), onIgnoringCase: " to ", maxSplits: 1)
             if parts.count == 2, let id = Int(parts[0].trimmingWhitespace()) {

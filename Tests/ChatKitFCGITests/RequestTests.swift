@@ -34,8 +34,8 @@ import Testing
     }
 
     @Test func titlesAreShortTruncations() {
-        #expect(ChatEndpoint.title(for: "  Add milk\nplease ") == "Add milk please")
-        let long = ChatEndpoint.title(for: String(repeating: "word ", count: 30))
+        #expect(Titles.truncate( "  Add milk\nplease ") == "Add milk please")
+        let long = Titles.truncate( String(repeating: "word ", count: 30))
         #expect(long.count <= 61 && long.hasSuffix("…"))
     }
 }

@@ -7,6 +7,8 @@ public final class Application: Sendable {
     public let verifier: JWTVerifier
     public let toolbox: Toolbox
     public let lifecycle = Lifecycle()
+    /// Tools the browser runs (ChatKit only); the model is offered them beside the task tools.
+    public var clientTools: [ClientTool] { config.clientTools }
 
     public init(config: Config, verifier: JWTVerifier, toolbox: Toolbox = TaskTools.toolbox) {
         self.config = config

@@ -65,7 +65,7 @@ struct ChatEndpoint {
             }
             conversation = owned
         } else {
-            conversation = try store.createConversation(userID: user, title: Self.title(for: chat.message))
+            conversation = try store.createConversation(userID: user, title: Titles.truncate(chat.message))
         }
         try store.append([.user(chat.message)], to: conversation.id)
         let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
@@ -77,15 +77,6 @@ struct ChatEndpoint {
         log.rounds = summary.rounds
         log.usage = summary.usage
         stream.finish(summary.end, log: &log)
-    }
-
-    /// A short truncation of the first message, on a word boundary where one is near.
-    static func title(for message: String) -> String {
-        let flat = String(message.trimmed().map { $0.isNewline ? " " : $0 })
-        guard flat.count > 60 else { return flat }
-        let cut = flat.prefix(60)
-        let boundary = cut.lastIndex(of: " ").map { cut[..<$0] } ?? cut
-        return String(boundary.count >= 30 ? boundary : cut) + "…"
     }
 }
 
@@ -141,7 +132,7 @@ final class ChatStream: AgentObserver {
 
     func finish(_ end: TurnEnd, log: inout RequestLog) {
         switch end {
-        case .answered:
+        case .answered, .awaitingClientTool:  // this face offers the model no client tools
             startIfNeeded()
             sse.done()
         case .roundLimitReached(let rounds):

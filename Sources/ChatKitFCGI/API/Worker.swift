@@ -16,7 +16,7 @@ public final class Worker {
         return store
     }
 
-    func agent() -> Agent {
+    func agent(clientTools: [ClientTool] = []) -> Agent {
         let client = modelClient ?? {
             var settings = ModelClient.Settings(
                 baseURL: app.config.openAIBaseURL, apiKey: app.config.openAIAPIKey, model: app.config.model)
@@ -27,7 +27,7 @@ public final class Worker {
         modelClient = client
         return Agent(
             model: client, toolbox: app.toolbox, systemPrompt: app.config.systemPrompt,
-            maxRounds: app.config.maxToolRounds)
+            maxRounds: app.config.maxToolRounds, clientTools: clientTools)
     }
 
     /// Serves one request. Every failure ends as a JSON error before the stream starts, or as an
@@ -64,6 +64,10 @@ public final class Worker {
             if app.lifecycle.isDraining { throw APIError.shuttingDown }
             let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
             try ChatEndpoint(worker: self).handle(request, user: user.subject, writer: writer, log: &log)
+        case "/api/chatkit":
+            try require("POST", request)
+            let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
+            try ChatKitEndpoint(worker: self, user: user.subject).handle(request, writer: writer, log: &log)
         case "/api/mcp":
             try require("POST", request)
             try MCPEndpoint(worker: self).handle(request, writer: writer)

@@ -1,12 +1,56 @@
-/// What the agent reports to the face that is serving the turn (the /api/chat stream today).
+/// What the agent reports to the face that is serving the turn (/api/chat or ChatKit).
 public protocol AgentObserver: ModelStreamObserver {
+    func toolStarted(call: ToolCall)
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>)
+}
+
+extension AgentObserver {
+    public func toolStarted(call: ToolCall) {}
+}
+
+/// A tool the browser runs (ChatKit's client tools): the model may call it, and the turn then
+/// waits for the client's answer.
+public struct ClientTool: Equatable, Sendable {
+    public let name: String
+    public let description: String
+    public let parameters: JSON
+
+    public init(name: String, description: String, parameters: JSON) {
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+    }
+
+    var chatCompletionsDefinition: JSON {
+        ["type": "function",
+         "function": ["name": .string(name), "description": .string(description), "parameters": parameters]]
+    }
+
+    /// `[{"name": ..., "description": ..., "parameters": {JSON Schema}}]`, as operators configure them.
+    public static func parseList(_ text: String) -> Result<[ClientTool], ToolError> {
+        guard let list = (try? JSON.parse(text))?.arrayValue else { return .failure(ToolError("not a JSON list")) }
+        var tools: [ClientTool] = []
+        for entry in list {
+            guard let name = entry["name"]?.stringValue, !name.isEmpty, name.count <= 64,
+                name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
+            else { return .failure(ToolError("each tool needs a name of letters, digits, _ or -")) }
+            guard TaskTools.toolbox.tool(named: name) == nil, !tools.contains(where: { $0.name == name }) else {
+                return .failure(ToolError("tool name \(name) is already taken"))
+            }
+            let parameters = entry["parameters"] ?? ["type": "object", "properties": [:]]
+            guard parameters["type"] == "object" else { return .failure(ToolError("\(name): parameters must be an object schema")) }
+            tools.append(ClientTool(name: name, description: entry["description"]?.stringValue ?? "", parameters: parameters))
+        }
+        return .success(tools)
+    }
 }
 
 /// How a turn ended.
 public enum TurnEnd: Equatable {
     case answered
     case roundLimitReached(Int)
+    /// The model called a client tool; its result comes with the client's next request.
+    case awaitingClientTool(ToolCall)
     case failed(ModelError)
 }
 
@@ -23,12 +67,14 @@ public struct Agent {
     public let toolbox: Toolbox
     public let systemPrompt: String
     public let maxRounds: Int
+    public let clientTools: [ClientTool]
 
-    public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int) {
+    public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int, clientTools: [ClientTool] = []) {
         self.model = model
         self.toolbox = toolbox
         self.systemPrompt = systemPrompt
         self.maxRounds = maxRounds
+        self.clientTools = clientTools
     }
 
     /// `history` ends with the user's new message, already stored. `record` stores messages
@@ -37,8 +83,8 @@ public struct Agent {
         history: [ChatMessage], context: ToolContext, observer: AgentObserver,
         record: ([ChatMessage]) throws -> Void
     ) throws -> TurnSummary {
-        var messages = [ChatMessage(role: .system, content: systemPrompt)] + history
-        let tools = toolbox.chatCompletionsDefinitions
+        var messages = [ChatMessage(role: .system, content: systemPrompt)] + Self.answeringEveryCall(history)
+        let tools = JSON.array(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
         var summary = TurnSummary(end: .answered)
         while summary.rounds < maxRounds {
             summary.rounds += 1
@@ -59,16 +105,57 @@ public struct Agent {
             }
 
             var produced = [ChatMessage(role: .assistant, content: text.isEmpty ? nil : text, toolCalls: turn.toolCalls)]
+            var clientCall: ToolCall?
             for call in turn.toolCalls {
+                if clientTools.contains(where: { $0.name == call.name }) {
+                    // The browser answers one call per turn; a second gets an error it can read.
+                    if clientCall == nil {
+                        clientCall = call
+                        continue
+                    }
+                    let refusal = ToolError("only one client tool call per turn; call \(call.name) again later")
+                    produced.append(ChatMessage(role: .tool, content: Self.toolMessageContent(.failure(refusal)), toolCallID: call.id))
+                    continue
+                }
+                observer.toolStarted(call: call)
                 let result = toolbox.run(name: call.name, arguments: call.arguments, context: context)
                 observer.toolFinished(call: call, result: result)
                 produced.append(ChatMessage(role: .tool, content: Self.toolMessageContent(result), toolCallID: call.id))
             }
             try record(produced)
+            if let clientCall {
+                summary.end = .awaitingClientTool(clientCall)
+                return summary
+            }
             messages += produced
         }
         summary.end = .roundLimitReached(maxRounds)
         return summary
+    }
+
+    /// Every tool call the model sees must have a result, or the API refuses the request. A
+    /// client tool call the browser never answered gets one here, so the thread keeps working.
+    static func answeringEveryCall(_ history: [ChatMessage]) -> [ChatMessage] {
+        var repaired: [ChatMessage] = []
+        var unanswered: [String] = []
+        func closeOpenCalls() {
+            for id in unanswered {
+                let note = ToolError("the client did not return a result for this call")
+                repaired.append(ChatMessage(role: .tool, content: toolMessageContent(.failure(note)), toolCallID: id))
+            }
+            unanswered = []
+        }
+        for message in history {
+            if message.role == .tool, let id = message.toolCallID, let index = unanswered.firstIndex(of: id) {
+                unanswered.remove(at: index)
+            } else {
+                closeOpenCalls()
+            }
+            repaired.append(message)
+            unanswered += message.toolCalls.map(\.id)
+        }
+        closeOpenCalls()
+        return repaired
     }
 
     /// What the model reads back: the result JSON, or `{"error": ...}` it can recover from.

@@ -28,6 +28,8 @@ public struct Config: Sendable {
     public var shutdownGraceSeconds = 30
     public var publicURL: String?
     public var mcpAllowedOrigins: [String] = []
+    public var clientTools: [ClientTool] = []
+    public var titleStyle = Titles.Style.truncate
 
     public static let defaultSystemPrompt = """
         You are a helpful assistant that manages the user's todo list. Use the tools to add, list, \
@@ -61,6 +63,8 @@ public struct Config: Sendable {
         ("CHATKIT_SHUTDOWN_GRACE_SECONDS", "how long SIGTERM waits for streams (default 30)"),
         ("CHATKIT_PUBLIC_URL", "public base URL, e.g. https://app.example (default: from the request)"),
         ("CHATKIT_MCP_ALLOWED_ORIGINS", "comma-separated browser Origins allowed on /api/mcp (default none)"),
+        ("CHATKIT_CLIENT_TOOLS", "JSON list of {name, description, parameters} tools the browser runs"),
+        ("CHATKIT_TITLES", "thread titles: truncate (default) or model"),
     ]
 
     public init() {}
@@ -144,6 +148,20 @@ public struct Config: Sendable {
         }
         config.mcpAllowedOrigins = (value("CHATKIT_MCP_ALLOWED_ORIGINS") ?? "").split(separator: ",")
             .map { String($0.trimmed()) }.filter { !$0.isEmpty }
+
+        if let text = value("CHATKIT_CLIENT_TOOLS") {
+            switch ClientTool.parseList(text) {
+            case .success(let tools): config.clientTools = tools
+            case .failure(let problem): problems.append("CHATKIT_CLIENT_TOOLS: \(problem.message)")
+            }
+        }
+        if let style = value("CHATKIT_TITLES") {
+            if let parsed = Titles.Style(rawValue: style) {
+                config.titleStyle = parsed
+            } else {
+                problems.append("CHATKIT_TITLES=\(style) must be truncate or model")
+            }
+        }
 
         if config.betterAuthSecret == nil, config.jwksURL == nil, config.jwksFile == nil {
             problems.append("no token verification configured: set BETTER_AUTH_SECRET, JWT_JWKS_URL or JWT_JWKS_FILE")

@@ -1,0 +1,239 @@
+/// `POST /api/chatkit`: the ChatKit custom-backend protocol. One URL, a typed envelope
+/// `{type, params, metadata}`; streaming types answer with SSE, the others with JSON. Every
+/// lookup is scoped to the token's user, and everything that can fail before the stream starts
+/// is checked first, so it gets a 4xx JSON answer instead of a dropped connection.
+struct ChatKitEndpoint {
+    let worker: Worker
+    let user: String
+    let store: any Store
+
+    static let defaultPageSize = 20
+    static let maximumPageSize = 100
+
+    init(worker: Worker, user: String) throws {
+        self.worker = worker
+        self.user = user
+        store = try worker.store()
+    }
+
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+        guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
+        let envelope: JSON
+        do throws(JSONParseError) {
+            envelope = try JSON.parse(request.body)
+        } catch {
+            throw APIError.badRequest("body is not valid JSON: \(error)")
+        }
+        guard case .object = envelope, let type = envelope["type"]?.stringValue else {
+            throw APIError.invalidBody("body must be an object with a string type")
+        }
+        guard let params = envelope["params"], case .object = params else {
+            throw APIError.invalidBody("params must be an object")
+        }
+        log.note = type
+        switch type {
+        case "threads.create": try create(params, writer: writer, log: &log)
+        case "threads.add_user_message": try addUserMessage(params, writer: writer, log: &log)
+        case "threads.retry_after_item": try retry(params, writer: writer, log: &log)
+        case "threads.add_client_tool_output": try addClientToolOutput(params, writer: writer, log: &log)
+        case "threads.custom_action": try customAction(params, writer: writer)
+        case "threads.get_by_id": writer.writeJSON(status: 200, try threadWithItems(params))
+        case "threads.list": writer.writeJSON(status: 200, try listThreads(params))
+        case "items.list": writer.writeJSON(status: 200, try listItems(params))
+        case "threads.update": writer.writeJSON(status: 200, try updateThread(params))
+        case "threads.delete":
+            try store.delete(conversationID: try conversation(params).id)
+            writer.writeJSON(status: 200, [:])
+        case "items.feedback": writer.writeJSON(status: 200, try feedback(params))
+        case "attachments.create", "attachments.delete", "input.transcribe", "threads.add_structured_input",
+            "threads.sync_custom_action":
+            throw APIError.badRequest("\(type) is not supported by this server")
+        default:
+            throw APIError.badRequest("unknown request type \(type)")
+        }
+    }
+
+    // MARK: Parameters
+
+    private func string(_ params: JSON, _ name: String) throws -> String {
+        guard let value = params[name]?.stringValue, !value.isEmpty else {
+            throw APIError.invalidBody("params.\(name) must be a non-empty string")
+        }
+        return value
+    }
+
+    /// Another user's thread gets exactly the answer a missing one gets.
+    private func conversation(_ params: JSON) throws -> Conversation {
+        guard let found = try store.conversation(publicID: try string(params, "thread_id"), userID: user) else {
+            throw APIError.notFound("thread not found")
+        }
+        return found
+    }
+
+    private struct Paging {
+        var limit = ChatKitEndpoint.defaultPageSize
+        var order = SortOrder.desc
+        var after: String?
+    }
+
+    private func paging(_ params: JSON) throws -> Paging {
+        var paging = Paging()
+        switch params["limit"] {
+        case nil, .null?, .int(0)?: break
+        case .int(let limit)? where limit > 0: paging.limit = min(limit, Self.maximumPageSize)
+        default: throw APIError.invalidBody("params.limit must be a positive integer")
+        }
+        switch params["order"] {
+        case nil, .null?: break
+        case .string(let order)?:
+            guard let parsed = SortOrder(rawValue: order) else { throw APIError.invalidBody("params.order must be asc or desc") }
+            paging.order = parsed
+        default: throw APIError.invalidBody("params.order must be asc or desc")
+        }
+        switch params["after"] {
+        case nil, .null?: break
+        case .string(let after)?: paging.after = after
+        default: throw APIError.invalidBody("params.after must be a string")
+        }
+        return paging
+    }
+
+    // MARK: JSON requests
+
+    private func itemsPage(_ conversation: Conversation, _ paging: Paging) throws -> JSON {
+        guard let page = try store.entries(conversationID: conversation.id, limit: paging.limit, after: paging.after,
+                                           order: paging.order)
+        else { throw APIError.notFound("no item \(paging.after ?? "") in this thread") }
+        return ChatKitItems.page(page.data.compactMap { ChatKitItems.item($0, threadID: conversation.publicID) },
+                                 hasMore: page.hasMore)
+    }
+
+    /// With the oldest items first, as the official server embeds them.
+    private func threadWithItems(_ params: JSON) throws -> JSON {
+        let found = try conversation(params)
+        return ChatKitItems.thread(found, items: try itemsPage(found, Paging(order: .asc)))
+    }
+
+    private func listThreads(_ params: JSON) throws -> JSON {
+        let paging = try paging(params)
+        guard let page = try store.conversations(userID: user, limit: paging.limit, after: paging.after, order: paging.order)
+        else { throw APIError.notFound("no thread \(paging.after ?? "")") }
+        return ChatKitItems.page(page.data.map { ChatKitItems.thread($0) }, hasMore: page.hasMore)
+    }
+
+    private func listItems(_ params: JSON) throws -> JSON {
+        try itemsPage(try conversation(params), try paging(params))
+    }
+
+    private func updateThread(_ params: JSON) throws -> JSON {
+        var found = try conversation(params)
+        guard let title = params["title"]?.stringValue else { throw APIError.invalidBody("params.title must be a string") }
+        found.title = String(title.trimmed().prefix(200))
+        try store.rename(conversationID: found.id, title: found.title)
+        return ChatKitItems.thread(found)
+    }
+
+    private func feedback(_ params: JSON) throws -> JSON {
+        let found = try conversation(params)
+        guard let ids = params["item_ids"]?.arrayValue, !ids.isEmpty, ids.allSatisfy({ $0.stringValue != nil }) else {
+            throw APIError.invalidBody("params.item_ids must be a non-empty list of item ids")
+        }
+        guard let kind = params["kind"]?.stringValue, kind == "positive" || kind == "negative" else {
+            throw APIError.invalidBody("params.kind must be positive or negative")
+        }
+        let marked = try store.setFeedback(conversationID: found.id, itemIDs: ids.compactMap(\.stringValue),
+                                           positive: kind == "positive")
+        guard marked > 0 else { throw APIError.notFound("no such item in this thread") }
+        return [:]
+    }
+
+    // MARK: Streaming requests
+
+    private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+        let input = try UserInput(params["input"])
+        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
+        let created = try store.createConversation(userID: user, title: "")
+        let sse = SSEWriter(writer: writer)
+        sse.start()
+        sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)])
+        try respond(in: created, to: input, sse: sse, writer: writer, log: &log)
+    }
+
+    private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+        let found = try conversation(params)
+        let input = try UserInput(params["input"])
+        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
+        let sse = SSEWriter(writer: writer)
+        sse.start()
+        try respond(in: found, to: input, sse: sse, writer: writer, log: &log)
+    }
+
+    private func respond(in conversation: Conversation, to input: UserInput, sse: SSEWriter, writer: ResponseWriter,
+                         log: inout RequestLog) throws {
+        var userEntry = ConversationEntry(.user(input.text), item: .object(input.itemBody))
+        try store.append([userEntry], to: conversation.id)
+        userEntry.createdAt = Int64(Clock.unixTime() * 1000)
+        if let item = ChatKitItems.item(userEntry, threadID: conversation.publicID) {
+            sse.send(["type": "thread.item.done", "item": item])
+        }
+        try runAgent(in: conversation, sse: sse, writer: writer, log: &log, titleSource: input.text)
+    }
+
+    private func retry(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+        let found = try conversation(params)
+        let itemID = try string(params, "item_id")
+        guard let entry = try store.entry(conversationID: found.id, itemID: itemID), entry.audience != .model else {
+            throw APIError.notFound("item not found")
+        }
+        guard entry.message.role == .user else { throw APIError.badRequest("only a user message can be answered again") }
+        try store.deleteEntries(conversationID: found.id, after: itemID)
+        let sse = SSEWriter(writer: writer)
+        sse.start()
+        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: entry.message.content ?? "")
+    }
+
+    private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+        let found = try conversation(params)
+        guard let result = params["result"] else { throw APIError.invalidBody("params.result is required") }
+        guard let latest = try store.latestVisibleEntry(conversationID: found.id),
+            let body = latest.item, body["type"] == "client_tool_call", body["status"] == "pending",
+            let callID = body["call_id"]?.stringValue, let name = body["name"]?.stringValue
+        else { throw APIError.badRequest("there is no pending client tool call in this thread") }
+        let call = ToolCall(id: callID, name: name, arguments: body["arguments"]?.serialized ?? "{}")
+        try store.append([ConversationEntry(ChatMessage(role: .tool, content: result.serialized, toolCallID: callID))],
+                         to: found.id)
+        try store.replaceItem(conversationID: found.id, itemID: latest.itemID,
+                              item: ChatKitStream.clientToolCallBody(call, status: "completed", output: result))
+        let sse = SSEWriter(writer: writer)
+        sse.start()
+        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: nil)
+    }
+
+    private func customAction(_ params: JSON, writer: ResponseWriter) throws {
+        _ = try conversation(params)
+        guard params["action"]?["type"]?.stringValue != nil else { throw APIError.invalidBody("params.action.type is required") }
+        let sse = SSEWriter(writer: writer)
+        sse.start()
+        sse.send(["type": "error", "code": "custom", "message": "This assistant has no widgets, so it has no actions to run.",
+                  "allow_retry": false])
+    }
+
+    private func runAgent(in conversation: Conversation, sse: SSEWriter, writer: ResponseWriter, log: inout RequestLog,
+                          titleSource: String?) throws {
+        sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
+        let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
+        let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
+        let agent = worker.agent(clientTools: worker.app.clientTools)
+        let summary = try agent.run(history: history, context: ToolContext(userID: user, store: store), observer: stream,
+                                    record: stream.record)
+        log.rounds = summary.rounds
+        log.usage = summary.usage
+        try stream.finish(summary.end, log: &log)
+        if conversation.title.isEmpty, let titleSource, !sse.clientGone {
+            var titled = conversation
+            titled.title = Titles.make(for: titleSource, style: worker.app.config.titleStyle, model: agent.model)
+            try store.rename(conversationID: titled.id, title: titled.title)
+            sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])
+        }
+    }
+}

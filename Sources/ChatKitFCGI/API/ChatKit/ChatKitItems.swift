@@ -1,0 +1,104 @@
+/// Stored rows ↔ ChatKit's JSON shapes (`Thread`, thread items, `Page`), as the official
+/// `openai-chatkit` server writes them: nulls omitted, required empties present, thread
+/// metadata never sent.
+enum ChatKitItems {
+    /// UTC with milliseconds and `Z`.
+    static func timestamp(_ unixMilliseconds: Int64) -> JSON { .string(Clock.iso8601(unixMilliseconds: unixMilliseconds)) }
+
+    /// The item ChatKit shows for a row, or nil for rows only the model sees.
+    static func item(_ entry: ConversationEntry, threadID: String) -> JSON? {
+        guard entry.audience != .model else { return nil }
+        let identity: [(String, JSON)] = [
+            ("id", .string(entry.itemID)), ("thread_id", .string(threadID)), ("created_at", timestamp(entry.createdAt)),
+        ]
+        if let body = entry.item?.objectValue { return .object(identity + body) }
+        switch entry.message.role {
+        case .user:
+            return .object(identity + userMessageBody(text: entry.message.content ?? ""))
+        case .assistant:
+            return .object(identity + assistantMessageBody(text: entry.message.content ?? ""))
+        case .system, .tool:
+            return nil
+        }
+    }
+
+    static func userMessageBody(text: String) -> [(String, JSON)] {
+        [("type", "user_message"), ("content", [["type": "input_text", "text": .string(text)]]),
+         ("attachments", []), ("inference_options", [:])]
+    }
+
+    static func assistantMessageBody(text: String) -> [(String, JSON)] {
+        [("type", "assistant_message"), ("content", [outputText(text)])]
+    }
+
+    static func outputText(_ text: String) -> JSON {
+        ["type": "output_text", "text": .string(text), "annotations": []]
+    }
+
+    static func thread(_ conversation: Conversation, items: JSON = emptyPage) -> JSON {
+        var members: [(String, JSON)] = []
+        if !conversation.title.isEmpty { members.append(("title", .string(conversation.title))) }
+        members += [
+            ("id", .string(conversation.publicID)), ("created_at", timestamp(conversation.createdAt)),
+            ("status", ["type": "active"]), ("metadata", [:]), ("items", items),
+        ]
+        return .object(members)
+    }
+
+    static let emptyPage: JSON = ["data": [], "has_more": false]
+
+    /// `after` names the last element, and only when there is more to fetch.
+    static func page(_ data: [JSON], hasMore: Bool) -> JSON {
+        var members: [(String, JSON)] = [("data", .array(data)), ("has_more", .bool(hasMore))]
+        if hasMore, let last = data.last?["id"] { members.append(("after", last)) }
+        return .object(members)
+    }
+}
+
+/// The `input` of `threads.create` and `threads.add_user_message`.
+struct UserInput {
+    /// What the model reads: text parts and tag labels, in order.
+    let text: String
+    /// The stored item body, as the client sent it.
+    let itemBody: [(String, JSON)]
+
+    init(_ input: JSON?) throws(APIError) {
+        guard let input, case .object = input, let parts = input["content"]?.arrayValue else {
+            throw .invalidBody("params.input.content must be a list of input_text or input_tag parts")
+        }
+        var text = ""
+        var content: [JSON] = []
+        for part in parts {
+            switch part["type"]?.stringValue {
+            case "input_text":
+                guard let piece = part["text"]?.stringValue else { throw .invalidBody("input_text needs a text string") }
+                text += piece
+                content.append(["type": "input_text", "text": .string(piece)])
+            case "input_tag":
+                guard let id = part["id"]?.stringValue, let label = part["text"]?.stringValue else {
+                    throw .invalidBody("input_tag needs id and text strings")
+                }
+                text += label
+                var tag: [(String, JSON)] = [("type", "input_tag"), ("id", .string(id)), ("text", .string(label)),
+                                             ("data", part["data"]?.objectValue.map(JSON.object) ?? [:])]
+                if let group = part["group"]?.stringValue { tag.append(("group", .string(group))) }
+                tag.append(("interactive", .bool(part["interactive"]?.boolValue ?? false)))
+                content.append(.object(tag))
+            default:
+                throw .invalidBody("input content parts must be input_text or input_tag")
+            }
+        }
+        guard !text.trimmed().isEmpty else { throw .invalidBody("the message has no text") }
+        if let attachments = input["attachments"]?.arrayValue, !attachments.isEmpty {
+            throw .badRequest("attachments are not supported by this server")
+        }
+        var body: [(String, JSON)] = [("type", "user_message"), ("content", .array(content)), ("attachments", [])]
+        if let quoted = input["quoted_text"]?.stringValue {
+            body.append(("quoted_text", .string(quoted)))
+            text = "> \(quoted)\n\n\(text)"
+        }
+        body.append(("inference_options", input["inference_options"]?.objectValue.map(JSON.object) ?? [:]))
+        self.text = text
+        itemBody = body
+    }
+}

@@ -1,0 +1,222 @@
+/// Turns one agent run into ChatKit stream events and stored thread items, in the order the
+/// official server emits them: the assistant message opens with its first text delta, tool runs
+/// show as a `progress_update` plus a workflow with one task per call, and each item is stored
+/// when its `thread.item.done` goes out.
+final class ChatKitStream: AgentObserver {
+    private struct OpenMessage {
+        let id: String
+        var text = ""
+    }
+
+    private struct OpenWorkflow {
+        let id: String
+        let startedMilliseconds = Clock.monotonicMilliseconds()
+        var tasks: [JSON] = []
+        var taskIndexByCall: [String: Int] = [:]
+    }
+
+    static let cancelledNote = "The user cancelled the stream. Stop responding to the prior request."
+
+    private let conversation: Conversation
+    private let store: any Store
+    private let sse: SSEWriter
+    private let writer: ResponseWriter
+    private let app: Application
+    private var assistant: OpenMessage?
+    private var workflow: OpenWorkflow?
+
+    init(conversation: Conversation, store: any Store, sse: SSEWriter, writer: ResponseWriter, app: Application) {
+        self.conversation = conversation
+        self.store = store
+        self.sse = sse
+        self.writer = writer
+        self.app = app
+    }
+
+    var clientDescriptor: Int32? { writer.clientDescriptor }
+
+    private var threadID: String { conversation.publicID }
+
+    private func send(_ type: String, _ members: [(String, JSON)]) {
+        sse.send(.object([("type", .string(type))] + members))
+    }
+
+    private func itemEvent(_ type: String, _ entry: ConversationEntry) {
+        guard let item = ChatKitItems.item(entry, threadID: threadID) else { return }
+        send(type, [("item", item)])
+    }
+
+    private func update(_ itemID: String, _ update: JSON) {
+        send("thread.item.updated", [("item_id", .string(itemID)), ("update", update)])
+    }
+
+    // MARK: Model and tool events
+
+    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool {
+        guard let delta = parsed.content ?? parsed.refusal, !delta.isEmpty else { return !sse.clientGone }
+        if assistant == nil {
+            let opened = OpenMessage(id: PublicID.make("msg"))
+            assistant = opened
+            var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
+                                          item: .object([("type", "assistant_message"), ("content", [])]))
+            entry.createdAt = Int64(Clock.unixTime() * 1000)
+            itemEvent("thread.item.added", entry)
+            update(opened.id, ["type": "assistant_message.content_part.added", "content_index": 0,
+                               "content": ChatKitItems.outputText("")])
+        }
+        assistant?.text += delta
+        update(assistant!.id, ["type": "assistant_message.content_part.text_delta", "content_index": 0, "delta": .string(delta)])
+        return !sse.clientGone
+    }
+
+    func toolStarted(call: ToolCall) {
+        let title = app.toolbox.tool(named: call.name)?.title ?? call.name
+        send("progress_update", [("icon", "bolt"), ("text", .string("\(title)…"))])
+        let task: JSON = ["type": "custom", "title": .string(title), "icon": "bolt", "status_indicator": "loading"]
+        if workflow == nil {
+            var opened = OpenWorkflow(id: PublicID.make("wf"))
+            opened.tasks = [task]
+            opened.taskIndexByCall[call.id] = 0
+            workflow = opened
+            var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
+                                          item: workflowBody(opened, summary: nil))
+            entry.createdAt = Int64(Clock.unixTime() * 1000)
+            itemEvent("thread.item.added", entry)
+        } else {
+            workflow!.tasks.append(task)
+            workflow!.taskIndexByCall[call.id] = workflow!.tasks.count - 1
+            update(workflow!.id, ["type": "workflow.task.added", "task_index": .int(workflow!.tasks.count - 1), "task": task])
+        }
+    }
+
+    func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) {
+        guard let index = workflow?.taskIndexByCall[call.id] else { return }
+        let title = app.toolbox.tool(named: call.name)?.title ?? call.name
+        let task: JSON
+        switch result {
+        case .success(let json):
+            task = ["type": "custom", "title": .string(title), "content": .string(Self.describe(json)), "icon": "check",
+                    "status_indicator": "complete"]
+        case .failure(let error):
+            task = ["type": "custom", "title": .string(title), "content": .string(error.message), "icon": "info",
+                    "status_indicator": "complete"]
+        }
+        workflow!.tasks[index] = task
+        update(workflow!.id, ["type": "workflow.task.updated", "task_index": .int(index), "task": task])
+    }
+
+    /// One line a person can read: the task title, or how many tasks a listing found.
+    private static func describe(_ result: JSON) -> String {
+        if let title = result["title"]?.stringValue { return title }
+        if let tasks = result.arrayValue {
+            return tasks.isEmpty ? "No tasks" : tasks.compactMap { $0["title"]?.stringValue }.joined(separator: ", ")
+        }
+        return result.serialized
+    }
+
+    private func workflowBody(_ workflow: OpenWorkflow, summary: JSON?) -> JSON {
+        var inner: [(String, JSON)] = [("type", "custom"), ("tasks", .array(workflow.tasks))]
+        if let summary { inner.append(("summary", summary)) }
+        inner.append(("expanded", false))
+        return .object([("type", "workflow"), ("workflow", .object(inner))])
+    }
+
+    func idle() -> Bool {
+        if app.lifecycle.graceExpired { return false }
+        let interval = Double(app.config.keepaliveSeconds) * 1000
+        if Clock.monotonicMilliseconds() - sse.lastWriteMilliseconds >= interval { return sse.keepalive() }
+        return !sse.clientGone
+    }
+
+    // MARK: Storing what the agent produced
+
+    /// Called by the agent once per round. Decorates the messages with ChatKit items, stores them
+    /// and sends the `done` events for what was open.
+    func record(_ messages: [ChatMessage]) throws {
+        var entries: [ConversationEntry] = []
+        var doneEvents: [ConversationEntry] = []
+        var clientCallItem: ConversationEntry?
+        for message in messages {
+            guard message.role == .assistant else {
+                entries.append(ConversationEntry(message))
+                continue
+            }
+            let text = message.content ?? ""
+            let streamed = assistant
+            assistant = nil
+            if message.toolCalls.isEmpty {
+                let entry = ConversationEntry(message, itemID: streamed?.id)
+                entries.append(entry)
+                if !text.isEmpty { doneEvents.append(entry) }
+            } else {
+                // The model sees text and calls together; ChatKit shows the text as its own item.
+                if !text.isEmpty {
+                    let shown = ConversationEntry(ChatMessage(role: .assistant, content: text), itemID: streamed?.id,
+                                                  audience: .client)
+                    entries.append(shown)
+                    doneEvents.append(shown)
+                }
+                entries.append(ConversationEntry(message, audience: .model))
+                if let call = message.toolCalls.first(where: { call in app.clientTools.contains { $0.name == call.name } }) {
+                    clientCallItem = ConversationEntry(
+                        ChatMessage(role: .assistant, content: nil), itemID: PublicID.make("tc"), audience: .client,
+                        item: Self.clientToolCallBody(call, status: "pending", output: nil))
+                }
+            }
+            if streamed != nil {
+                update(streamed!.id, ["type": "assistant_message.content_part.done", "content_index": 0,
+                                      "content": ChatKitItems.outputText(text)])
+            }
+        }
+        if let open = workflow {
+            let seconds = Int((Clock.monotonicMilliseconds() - open.startedMilliseconds) / 1000)
+            let entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: open.id, audience: .client,
+                                          item: workflowBody(open, summary: ["duration": .int(seconds)]))
+            entries.append(entry)
+            doneEvents.append(entry)
+            workflow = nil
+        }
+        if let clientCallItem {
+            entries.append(clientCallItem)
+            doneEvents.append(clientCallItem)
+        }
+        try store.append(entries, to: conversation.id)
+        let now = Int64(Clock.unixTime() * 1000)
+        for var entry in doneEvents {
+            entry.createdAt = now
+            itemEvent("thread.item.done", entry)
+        }
+    }
+
+    static func clientToolCallBody(_ call: ToolCall, status: String, output: JSON?) -> JSON {
+        let arguments = (try? JSON.parse(call.arguments)).flatMap { $0.objectValue.map(JSON.object) } ?? [:]
+        var body: [(String, JSON)] = [
+            ("type", "client_tool_call"), ("status", .string(status)), ("call_id", .string(call.id)),
+            ("name", .string(call.name)), ("arguments", arguments),
+        ]
+        if let output { body.append(("output", output)) }
+        return .object(body)
+    }
+
+    /// Ends the stream for how the turn ended. Errors are `error` events: `stream.error` lets
+    /// the UI show its own words, `custom` shows ours.
+    func finish(_ end: TurnEnd, log: inout RequestLog) throws {
+        switch end {
+        case .answered, .awaitingClientTool:
+            break
+        case .roundLimitReached(let rounds):
+            log.note = "round limit"
+            send("error", [("code", "custom"), ("message", .string("I stopped after \(rounds) steps without an answer. Please try again.")),
+                           ("allow_retry", true)])
+        case .failed(.cancelled):
+            log.note = app.lifecycle.graceExpired ? "ended by shutdown" : "client disconnected"
+            // As the official server does: the next turn must not pick up the abandoned answer.
+            try store.append([ConversationEntry(ChatMessage(role: .system, content: Self.cancelledNote),
+                                                itemID: PublicID.make("shcx"), audience: .model)], to: conversation.id)
+            if app.lifecycle.graceExpired { send("error", [("code", "stream.error"), ("allow_retry", true)]) }
+        case .failed(let error):
+            log.note = error.description
+            send("error", [("code", "stream.error"), ("allow_retry", true)])
+        }
+    }
+}

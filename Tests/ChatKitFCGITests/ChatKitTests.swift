@@ -1,0 +1,116 @@
+@testable import ChatKitFCGI
+import Testing
+
+@Suite struct ThreadItemMappingTests {
+    func entry(_ message: ChatMessage, audience: ConversationEntry.Audience? = nil, item: JSON? = nil) -> ConversationEntry {
+        var entry = ConversationEntry(message, itemID: "msg_1", audience: audience, item: item)
+        entry.createdAt = 1_736_936_625_123
+        return entry
+    }
+
+    @Test func userAndAssistantMessagesBecomeMessageItems() {
+        #expect(ChatKitItems.item(entry(.user("hi")), threadID: "thr_1") == [
+            "id": "msg_1", "thread_id": "thr_1", "created_at": "2025-01-15T10:23:45.123Z", "type": "user_message",
+            "content": [["type": "input_text", "text": "hi"]], "attachments": [], "inference_options": [:],
+        ])
+        #expect(ChatKitItems.item(entry(ChatMessage(role: .assistant, content: "Done.")), threadID: "thr_1")?["content"]
+            == [["type": "output_text", "text": "Done.", "annotations": []]])
+    }
+
+    @Test func rowsForTheModelOnlyAreNeverShown() {
+        let call = ChatMessage(role: .assistant, content: nil, toolCalls: [ToolCall(id: "c", name: "list_tasks", arguments: "{}")])
+        #expect(ConversationEntry(call).audience == .model)
+        #expect(ConversationEntry(ChatMessage(role: .tool, content: "[]", toolCallID: "c")).audience == .model)
+        #expect(ConversationEntry(ChatMessage(role: .system, content: ChatKitStream.cancelledNote)).audience == .model)
+        #expect(ChatKitItems.item(ConversationEntry(call), threadID: "thr_1") == nil)
+    }
+
+    @Test func storedItemBodiesWinOverTheMessageShape() {
+        let workflow: JSON = ["type": "workflow", "workflow": ["type": "custom", "tasks": [], "expanded": false]]
+        let item = ChatKitItems.item(entry(ChatMessage(role: .assistant, content: nil), audience: .client, item: workflow),
+                                     threadID: "thr_1")
+        #expect(item?["type"] == "workflow")
+        #expect(item?["id"] == "msg_1" && item?["thread_id"] == "thr_1")
+    }
+
+    @Test func threadsOmitAMissingTitleAndAlwaysCarryItems() {
+        let untitled = Conversation(id: 1, publicID: "thr_1", userID: "u", title: "", createdAt: 0, updatedAt: 0)
+        let json = ChatKitItems.thread(untitled)
+        #expect(json["title"] == nil)
+        #expect(json["items"] == ["data": [], "has_more": false])
+        #expect(json["metadata"] == [:])
+    }
+
+    @Test func pagesNameTheirLastElementOnlyWhenThereIsMore() {
+        #expect(ChatKitItems.page([["id": "a"], ["id": "b"]], hasMore: true)["after"] == "b")
+        #expect(ChatKitItems.page([["id": "a"]], hasMore: false)["after"] == nil)
+    }
+
+    @Test func userInputKeepsTagsAndQuotesForTheItemAndTextForTheModel() throws {
+        let input = try UserInput([
+            "content": [["type": "input_text", "text": "Remind me to "],
+                        ["type": "input_tag", "id": "t7", "text": "Buy milk", "data": [:], "interactive": false]],
+            "attachments": [], "quoted_text": "earlier", "inference_options": [:],
+        ])
+        #expect(input.text == "> earlier\n\nRemind me to Buy milk")
+        #expect(JSON.object(input.itemBody)["content"]?.arrayValue?.count == 2)
+        #expect(JSON.object(input.itemBody)["quoted_text"] == "earlier")
+        #expect(throws: APIError.self) { try UserInput(["content": []]) }
+        #expect(throws: APIError.self) { try UserInput(["content": [["type": "input_image"]]]) }
+    }
+
+    @Test func storedEntriesReadBackAsTheyWereWritten() throws {
+        let database = TemporaryDatabase()
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "u", title: "")
+        #expect(conversation.publicID.hasPrefix("thr_"))
+        let workflow = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: "wf_1", audience: .client,
+                                         item: ["type": "workflow", "workflow": ["type": "custom", "tasks": []]])
+        try store.append([ConversationEntry(.user("hi"), itemID: "msg_u"), workflow], to: conversation.id)
+        let page = try #require(try store.entries(conversationID: conversation.id, limit: 10, after: nil, order: .asc))
+        #expect(page.data.map(\.itemID) == ["msg_u", "wf_1"])
+        #expect(page.data[1].item == workflow.item)
+        // The model never sees what was only for ChatKit.
+        #expect(try store.recentMessages(conversationID: conversation.id, limit: 10) == [.user("hi")])
+    }
+}
+
+@Suite struct ClientToolTests {
+    @Test func unansweredCallsGetAResultBeforeTheNextMessage() {
+        let call = ToolCall(id: "c1", name: "get_selection", arguments: "{}")
+        let history: [ChatMessage] = [
+            .user("use it"), ChatMessage(role: .assistant, content: nil, toolCalls: [call]), .user("never mind"),
+        ]
+        let repaired = Agent.answeringEveryCall(history)
+        #expect(repaired.map(\.role) == [.user, .assistant, .tool, .user])
+        #expect(repaired[2].toolCallID == "c1")
+        let answered = [history[0], history[1], ChatMessage(role: .tool, content: "{}", toolCallID: "c1"), history[2]]
+        #expect(Agent.answeringEveryCall(answered) == answered)
+    }
+
+    @Test func aClientToolCallEndsTheTurnAfterTheServerToolsRan() throws {
+        let database = TemporaryDatabase()
+        let store = try database.store()
+        var turn = ModelTurn()
+        turn.toolCalls = [ToolCall(id: "s", name: "add_task", arguments: #"{"title":"x"}"#),
+                          ToolCall(id: "c", name: "get_selection", arguments: "{}"),
+                          ToolCall(id: "c2", name: "get_selection", arguments: "{}")]
+        turn.finishReason = "tool_calls"
+        let agent = Agent(model: ScriptedModel([turn]), toolbox: TaskTools.toolbox, systemPrompt: "", maxRounds: 4,
+                          clientTools: [ClientTool(name: "get_selection", description: "", parameters: ["type": "object"])])
+        var stored: [ChatMessage] = []
+        let summary = try agent.run(history: [.user("go")], context: ToolContext(userID: "u", store: store),
+                                    observer: RecordingObserver()) { stored += $0 }
+        #expect(summary.end == .awaitingClientTool(turn.toolCalls[1]))
+        #expect(stored.compactMap(\.toolCallID).sorted() == ["c2", "s"])
+        #expect(try store.tasks(userID: "u", filter: .all).count == 1)
+    }
+
+    @Test func operatorsConfigureClientToolsAsJSON() throws {
+        let tools = try ClientTool.parseList(#"[{"name":"get_selection","description":"d","parameters":{"type":"object"}}]"#).get()
+        #expect(tools.map(\.name) == ["get_selection"])
+        for bad in ["{}", #"[{"name":"add_task"}]"#, #"[{"name":"has space"}]"#, #"[{"name":"x","parameters":{"type":"string"}}]"#] {
+            #expect(throws: ToolError.self) { try ClientTool.parseList(bad).get() }
+        }
+    }
+}
