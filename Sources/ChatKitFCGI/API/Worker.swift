@@ -47,9 +47,14 @@ public final class Worker {
             }
             if case .unauthorized(let reason, _) = apiError { log.note = reason.description }
             if writer.headWritten {
+                // Each face reports in-band errors in its own protocol's terms.
                 let sse = SSEWriter(writer: writer)
-                sse.send(["type": "error", "code": "internal_error", "detail": .string(apiError.detail)])
-                sse.done()
+                if request.path == "/api/chatkit" {
+                    sse.send(["type": "error", "code": "stream.error", "allow_retry": true])
+                } else {
+                    sse.send(["type": "error", "code": "internal_error", "detail": .string(apiError.detail)])
+                    sse.done()
+                }
             } else {
                 apiError.write(to: writer)
             }
