@@ -171,6 +171,16 @@ class Stack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def raw_post(port, path, payload, token):
+    """A POST on a bare socket, so a test can close it mid-stream like a browser tab."""
+    body = json.dumps(payload).encode()
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    raw.settimeout(10)
+    return raw
+
+
 def read_sse(response):
     """The seed client's way: every line that starts with `data: `, with its arrival time."""
     records = []

@@ -1,12 +1,11 @@
 """/api/chat through a real nginx, the built responder, a real SQLite file and the mock model."""
 
 import json
-import socket
 import time
 
 import pytest
 
-from harness import read_sse, wait_until
+from harness import raw_post, read_sse, wait_until
 
 
 def chat(client, headers, text, conversation_id=None):
@@ -146,10 +145,8 @@ def test_upstream_errors_after_output_are_records_and_keep_the_text(stack, clien
 
 def test_a_client_disconnect_stops_the_upstream_and_keeps_the_partial_answer(stack, alice):
     cancelled_before = stack.model_stats()["streams_cancelled"]
-    body = json.dumps({"messages": [{"role": "user", "content": "slow 200"}], "conversation_id": None}).encode()
-    raw = socket.create_connection(("127.0.0.1", stack.http_port))
-    raw.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                + f"Authorization: {alice['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    raw = raw_post(stack.http_port, "/api/chat", {"messages": [{"role": "user", "content": "slow 200"}]},
+                   alice["Authorization"].split()[1])
     received = b""
     while received.count(b"\"content\":\"w") < 3:
         received += raw.recv(65536)

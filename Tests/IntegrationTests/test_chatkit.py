@@ -1,7 +1,6 @@
 """/api/chatkit through nginx, every event and reply validated with the official `openai-chatkit` models."""
 
 import json
-import socket
 import time
 
 import httpx
@@ -9,7 +8,7 @@ import pytest
 from chatkit.types import Page, Thread, ThreadItem, ThreadStreamEvent
 from pydantic import TypeAdapter
 
-from harness import Stack, hs256_token, wait_until
+from harness import Stack, hs256_token, raw_post, wait_until
 
 EVENT = TypeAdapter(ThreadStreamEvent)
 THREAD = TypeAdapter(Thread)
@@ -221,11 +220,8 @@ def test_a_disconnect_keeps_the_partial_answer_and_a_hidden_note(kit):
     alice = Session(kit, "kit-cancel")
     thread_id = alice.stream("threads.create", {"input": user_input("hi")})[0].thread.id
     cancelled = kit.model_stats()["streams_cancelled"]
-    body = json.dumps({"type": "threads.add_user_message",
-                       "params": {"thread_id": thread_id, "input": user_input("slow 200")}}).encode()
-    raw = socket.create_connection(("127.0.0.1", kit.http_port))
-    raw.sendall(b"POST /api/chatkit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                + f"Authorization: Bearer {hs256_token('kit-cancel')}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    raw = raw_post(kit.http_port, "/api/chatkit", {"type": "threads.add_user_message",
+                   "params": {"thread_id": thread_id, "input": user_input("slow 200")}}, hs256_token("kit-cancel"))
     received = b""
     while received.count(b"text_delta") < 3:
         received += raw.recv(65536)

@@ -1,12 +1,10 @@
 """A model that pauses 1.5 s between chunks: keepalive comments, and a disconnect noticed while waiting."""
 
-import json
-import socket
 import time
 
 import pytest
 
-from harness import Stack, hs256_token, wait_until
+from harness import Stack, hs256_token, raw_post, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +15,11 @@ def slow_stack():
 
 
 def open_stream(stack, text):
-    body = json.dumps({"messages": [{"role": "user", "content": text}], "conversation_id": None}).encode()
-    raw = socket.create_connection(("127.0.0.1", stack.http_port))
-    raw.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                + f"Authorization: Bearer {hs256_token('ivy')}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-    return raw
+    return raw_post(stack.http_port, "/api/chat", {"messages": [{"role": "user", "content": text}]}, hs256_token("ivy"))
 
 
 def test_keepalive_comments_flow_while_the_model_is_silent(slow_stack):
     raw = open_stream(slow_stack, "one")
-    raw.settimeout(10)
     received = b""
     while b"data: [DONE]" not in received:
         received += raw.recv(65536)
@@ -38,7 +31,6 @@ def test_keepalive_comments_flow_while_the_model_is_silent(slow_stack):
 def test_a_disconnect_is_noticed_while_waiting_on_the_model(slow_stack):
     cancelled = slow_stack.model_stats()["streams_cancelled"]
     raw = open_stream(slow_stack, "one two three")
-    raw.settimeout(10)
     received = b""
     while b'"content":"' not in received:
         received += raw.recv(65536)

@@ -22,8 +22,7 @@ public struct ClientTool: Equatable, Sendable {
     }
 
     var chatCompletionsDefinition: JSON {
-        ["type": "function",
-         "function": ["name": .string(name), "description": .string(description), "parameters": parameters]]
+        Tool.functionDefinition(name: name, description: description, parameters: parameters)
     }
 
     /// `[{"name": ..., "description": ..., "parameters": {JSON Schema}}]`, as operators configure them.

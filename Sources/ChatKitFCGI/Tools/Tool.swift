@@ -41,8 +41,12 @@ public struct Tool: Sendable {
     public let hints: Hints
     let handler: @Sendable (ToolArguments, ToolContext) throws -> JSON
 
-    /// The entry for the chat completions `tools` array.
     public var chatCompletionsDefinition: JSON {
+        Self.functionDefinition(name: name, description: description, parameters: parameters)
+    }
+
+    /// The entry for the chat completions `tools` array.
+    static func functionDefinition(name: String, description: String, parameters: JSON) -> JSON {
         ["type": "function",
          "function": ["name": .string(name), "description": .string(description), "parameters": parameters]]
     }
