@@ -296,3 +296,15 @@ def test_pre_stream_failures_are_4xx_not_dropped_streams(kit):
     assert alice.post("threads.retry_after_item", {"thread_id": thread_id, "item_id": answer_id}).status_code == 400
     assert alice.post("threads.add_client_tool_output", {"thread_id": thread_id, "result": {}}).status_code == 400
     assert alice.post("threads.add_user_message", {"thread_id": "thr_nope", "input": user_input("x")}).status_code == 404
+
+
+def test_model_made_titles_are_an_option():
+    stack = Stack(with_nginx=True, extra_env={"CHATKIT_TITLES": "model"})
+    try:
+        events = Session(stack, "kit-titles").stream("threads.create", {"input": user_input("plan my week")})
+        assert events[-1].type == "thread.updated"
+        title_request = stack.model_requests()[-1]["messages"]
+        assert title_request[0]["role"] == "system" and "title" in title_request[0]["content"]
+        assert events[-1].thread.title == "You said: plan my week"
+    finally:
+        stack.stop()
