@@ -64,10 +64,12 @@ struct ChatEndpoint {
                 throw APIError.notFound("conversation not found")
             }
             conversation = owned
+            try store.append([.user(chat.message)], to: owned.id)
         } else {
-            conversation = try store.createConversation(userID: user, title: Titles.truncate(chat.message))
+            // The conversation and its first message in one write.
+            conversation = try store.createConversation(
+                userID: user, title: Titles.truncate(chat.message), first: [ConversationEntry(.user(chat.message))])
         }
-        try store.append([.user(chat.message)], to: conversation.id)
         let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, worker: worker)

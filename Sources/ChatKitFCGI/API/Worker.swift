@@ -11,7 +11,7 @@ public final class Worker {
 
     func store() throws -> any Store {
         if let openStore { return openStore }
-        let store = try SQLiteStore(path: app.config.databasePath)
+        let store = try SQLiteStore(database: app.database)
         openStore = store
         return store
     }

@@ -57,9 +57,11 @@ public enum ChatKitCommand {
             guard let count = Int(threads), (1...4096).contains(count) else { throw UsageError("--threads must be 1...4096") }
             config.threads = count
         }
-        try SQLiteStore(path: config.databasePath).migrate()
+        let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
+        try SQLiteStore(database: database).migrate()
+        try database.startCheckpointing()
         raiseOpenFileLimit()
-        let app = Application(config: config, verifier: Application.verifier(for: config))
+        let app = Application(config: config, verifier: Application.verifier(for: config), database: database)
         do {
             try app.verifier.preloadKeys()
         } catch {

@@ -1,9 +1,22 @@
 /// The embedded store. One instance (one connection) per worker thread.
 public final class SQLiteStore: Store {
     private let db: SQLiteConnection
+    private let database: SQLiteDatabase
 
-    public init(path: String) throws {
-        db = try SQLiteConnection(path: path)
+    public init(database: SQLiteDatabase) throws {
+        self.database = database
+        db = try SQLiteConnection(path: database.path)
+        if database.checkpointsInBackground { try db.execute("PRAGMA wal_autocheckpoint = 0") }
+    }
+
+    public convenience init(path: String) throws {
+        try self.init(database: SQLiteDatabase(path: path))
+    }
+
+    /// Every write: one writer at a time in this process, one transaction.
+    @discardableResult
+    private func write<T>(_ body: () throws -> T) throws -> T {
+        try database.serializingWrites { try db.transaction(body) }
     }
 
     /// Versioned schema steps; `PRAGMA user_version` records how many have run.
@@ -64,7 +77,7 @@ public final class SQLiteStore: Store {
     }
 
     public func migrate() throws {
-        try db.transaction {
+        try write {
             // Re-read inside the write lock: another responder may have migrated meanwhile.
             let current = schemaVersion
             guard current <= Self.migrations.count else {
@@ -87,14 +100,18 @@ public final class SQLiteStore: Store {
             createdAt: row.integer(4), updatedAt: row.integer(5))
     }
 
-    public func createConversation(userID: String, title: String) throws -> Conversation {
+    public func createConversation(userID: String, title: String, first: [ConversationEntry]) throws -> Conversation {
         let now = Self.now()
         let publicID = PublicID.make("thr")
-        try db.run(
-            "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            [.text(publicID), .text(userID), .text(title), .integer(now), .integer(now)])
-        return Conversation(
-            id: db.lastInsertRowID, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
+        let id = try write {
+            try db.run(
+                "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                [.text(publicID), .text(userID), .text(title), .integer(now), .integer(now)])
+            let id = db.lastInsertRowID
+            try insert(first, into: id, at: now)
+            return id
+        }
+        return Conversation(id: id, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
     }
 
     public func conversation(id: Int64, userID: String) throws -> Conversation? {
@@ -131,13 +148,15 @@ public final class SQLiteStore: Store {
     }
 
     public func rename(conversationID: Int64, title: String) throws {
-        try db.run(
-            "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
-            [.text(title), .integer(Self.now()), .integer(conversationID)])
+        try write {
+            try db.run(
+                "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
+                [.text(title), .integer(Self.now()), .integer(conversationID)])
+        }
     }
 
     public func delete(conversationID: Int64) throws {
-        try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)])
+        try write { try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)]) }
     }
 
     // MARK: Messages
@@ -145,20 +164,24 @@ public final class SQLiteStore: Store {
     public func append(_ entries: [ConversationEntry], to conversationID: Int64) throws {
         guard !entries.isEmpty else { return }
         let now = Self.now()
-        try db.transaction {
-            for entry in entries {
-                let message = entry.message
-                try db.run(
-                    """
-                    INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id,
-                                          item, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                    [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
-                     .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
-                     SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(now)])
-            }
+        try write {
+            try insert(entries, into: conversationID, at: now)
             try db.run("UPDATE conversations SET updated_at = ? WHERE id = ?", [.integer(now), .integer(conversationID)])
+        }
+    }
+
+    private func insert(_ entries: [ConversationEntry], into conversationID: Int64, at now: Int64) throws {
+        for entry in entries {
+            let message = entry.message
+            try db.run(
+                """
+                INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id,
+                                      item, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
+                 .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
+                 SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(now)])
         }
     }
 
@@ -227,18 +250,22 @@ public final class SQLiteStore: Store {
     }
 
     public func replaceItem(conversationID: Int64, itemID: String, item: JSON) throws {
-        try db.run(
-            "UPDATE messages SET item = ? WHERE conversation_id = ? AND public_id = ?",
-            [.text(item.serialized), .integer(conversationID), .text(itemID)])
+        try write {
+            try db.run(
+                "UPDATE messages SET item = ? WHERE conversation_id = ? AND public_id = ?",
+                [.text(item.serialized), .integer(conversationID), .text(itemID)])
+        }
     }
 
     public func deleteEntries(conversationID: Int64, after itemID: String) throws {
-        guard let cursor = try rowID(conversationID: conversationID, itemID: itemID) else { return }
-        try db.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
+        try write {
+            guard let cursor = try rowID(conversationID: conversationID, itemID: itemID) else { return }
+            try db.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
+        }
     }
 
     public func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int {
-        try db.transaction {
+        try write {
             var marked = 0
             for itemID in itemIDs {
                 guard let row = try rowID(conversationID: conversationID, itemID: itemID) else { continue }
@@ -293,10 +320,13 @@ public final class SQLiteStore: Store {
 
     public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
         let now = Self.now()
-        try db.run(
-            "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
-        return TodoTask(id: db.lastInsertRowID, title: title, description: description, completed: false, createdAt: now)
+        let id = try write {
+            try db.run(
+                "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
+            return db.lastInsertRowID
+        }
+        return TodoTask(id: id, title: title, description: description, completed: false, createdAt: now)
     }
 
     public func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask] {
@@ -318,14 +348,16 @@ public final class SQLiteStore: Store {
     }
 
     public func completeTask(id: Int64, userID: String) throws -> TodoTask? {
-        let changed = try db.run(
-            "UPDATE tasks SET completed = 1, updated_at = ? WHERE id = ? AND user_id = ?",
-            [.integer(Self.now()), .integer(id), .text(userID)])
+        let changed = try write {
+            try db.run(
+                "UPDATE tasks SET completed = 1, updated_at = ? WHERE id = ? AND user_id = ?",
+                [.integer(Self.now()), .integer(id), .text(userID)])
+        }
         return changed == 0 ? nil : try task(id: id, userID: userID)
     }
 
     public func deleteTask(id: Int64, userID: String) throws -> TodoTask? {
-        try db.transaction {
+        try write {
             guard let existing = try task(id: id, userID: userID) else { return nil }
             try db.run("DELETE FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)])
             return existing
@@ -333,12 +365,14 @@ public final class SQLiteStore: Store {
     }
 
     public func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask? {
-        let changed = try db.run(
-            """
-            UPDATE tasks SET title = coalesce(?, title), description = coalesce(?, description), updated_at = ?
-            WHERE id = ? AND user_id = ?
-            """,
-            [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
+        let changed = try write {
+            try db.run(
+                """
+                UPDATE tasks SET title = coalesce(?, title), description = coalesce(?, description), updated_at = ?
+                WHERE id = ? AND user_id = ?
+                """,
+                [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
+        }
         return changed == 0 ? nil : try task(id: id, userID: userID)
     }
 

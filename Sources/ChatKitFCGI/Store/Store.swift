@@ -5,8 +5,9 @@
 public protocol Store: AnyObject {
     func migrate() throws
 
-    /// `title` may be empty: a ChatKit thread is untitled until its first answer.
-    func createConversation(userID: String, title: String) throws -> Conversation
+    /// `title` may be empty: a ChatKit thread is untitled until its first answer. `first` is
+    /// stored in the same transaction (the user's opening message).
+    func createConversation(userID: String, title: String, first: [ConversationEntry]) throws -> Conversation
     func conversation(id: Int64, userID: String) throws -> Conversation?
     func conversation(publicID: String, userID: String) throws -> Conversation?
     /// Newest first for `.desc`; `nil` when `after` names no conversation of this user.
@@ -38,6 +39,10 @@ public protocol Store: AnyObject {
 }
 
 extension Store {
+    public func createConversation(userID: String, title: String) throws -> Conversation {
+        try createConversation(userID: userID, title: title, first: [])
+    }
+
     /// Plain chat messages, shown to ChatKit the way their shape suggests.
     public func append(_ messages: [ChatMessage], to conversationID: Int64) throws {
         try append(messages.map { ConversationEntry($0) }, to: conversationID)

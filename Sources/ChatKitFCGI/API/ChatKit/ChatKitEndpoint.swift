@@ -152,31 +152,37 @@ struct ChatKitEndpoint {
     private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let input = try UserInput(params["input"])
         if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
-        let created = try store.createConversation(userID: user, title: "")
+        let message = userEntry(input)
+        let created = try store.createConversation(userID: user, title: "", first: [message])
         let sse = SSEWriter(writer: writer)
         sse.start()
         sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)])
-        try respond(in: created, to: input, sse: sse, writer: writer, log: &log)
+        sendDone(message, in: created, sse: sse)
+        try runAgent(in: created, sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
     private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let found = try conversation(params)
         let input = try UserInput(params["input"])
         if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
+        let message = userEntry(input)
+        try store.append([message], to: found.id)
         let sse = SSEWriter(writer: writer)
         sse.start()
-        try respond(in: found, to: input, sse: sse, writer: writer, log: &log)
+        sendDone(message, in: found, sse: sse)
+        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
-    private func respond(in conversation: Conversation, to input: UserInput, sse: SSEWriter, writer: ResponseWriter,
-                         log: inout RequestLog) throws {
-        var userEntry = ConversationEntry(.user(input.text), item: .object(input.itemBody))
-        try store.append([userEntry], to: conversation.id)
-        userEntry.createdAt = Int64(Clock.unixTime() * 1000)
-        if let item = ChatKitItems.item(userEntry, threadID: conversation.publicID) {
+    private func userEntry(_ input: UserInput) -> ConversationEntry {
+        var entry = ConversationEntry(.user(input.text), item: .object(input.itemBody))
+        entry.createdAt = Int64(Clock.unixTime() * 1000)
+        return entry
+    }
+
+    private func sendDone(_ entry: ConversationEntry, in conversation: Conversation, sse: SSEWriter) {
+        if let item = ChatKitItems.item(entry, threadID: conversation.publicID) {
             sse.send(["type": "thread.item.done", "item": item])
         }
-        try runAgent(in: conversation, sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
     private func retry(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {

@@ -1,0 +1,691 @@
+#!/usr/bin/env python3
+"""What nginx + chatkit-fcgi add to a streamed model answer, measured against the model itself.
+
+The benchmark starts the real stack on loopback through Tests/IntegrationTests/harness.py
+(the mock model with a fixed pause between chunks -> chatkit-fcgi, release build, >= 300
+threads -> nginx) and sends the SAME streaming chat request two ways:
+
+  direct  POST http://127.0.0.1:<model_port>/v1/chat/completions, with the exact JSON body the
+          responder itself sends the model (captured from the mock's request log after a probe
+          through nginx: model, stream, stream_options.include_usage, system + user messages,
+          tools) and the mock's API key;
+  nginx   POST http://127.0.0.1:<http_port>/api/chat with an HS256 Bearer token: JWT check,
+          new conversation + user message in SQLite, the libcurl call to the same mock, every
+          chunk relayed as SSE over FastCGI and nginx, the answer stored at the end.
+
+Before the first level, 2 x threads requests through nginx warm every responder thread (the
+kernel hands connections to the longest-idle thread, so requests rotate through all of them and
+each opens its SQLite and model connections on first use; --no-prewarm shows that cold cost).
+
+The prompt makes the mock answer "You said: t1 ... tN" (default 20 words, one chunk per word,
+MOCK_DELAY_MS between chunks, default 10 ms), so both paths wait for exactly the same model.
+At each concurrency level (default 1, 32, 256) each path gets a warm-up, then every stream slot
+runs the same number of requests back to back, each on a fresh connection (HTTP/1.1,
+`Connection: close`, chunked decoding), from one asyncio process using raw Protocols so the
+client's cost is small and identical on both paths.
+
+Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
+choices[0].delta.content is non-empty; total = until the end of the stream; an error is a
+non-200 status, a stream without the final `data: [DONE]`, a different number of records than
+the probe showed, an in-band error record, a timeout or any exception.
+
+Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
+percentile), throughput (completed streams/s) of both and their ratio, errors, responder CPU
+seconds per request (utime+stime from /proc/<pid>/stat around the nginx phase), responder
+VmRSS/VmHWM after the level, plus CPU per request of nginx, the mock and the client itself and
+how busy the machine was (the machine is shared by all four).
+
+Targets (reported as PASS/FAIL, they do not change the exit status):
+  added TTFT p50 <= 1 ms and p99 <= 3 ms at 32 streams;
+  nginx throughput >= 0.97 x direct at 256 streams, with 0 errors.
+
+Run from the repository root (needs nginx on PATH):
+
+    swift build -c release && python3 Tests/Benchmarks/bench.py
+
+    options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
+             --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
+             slot, overrides --duration), --min-samples 100, --warmup 2 (s), --no-prewarm,
+             --env NAME=VALUE (for chatkit-fcgi), --json PATH
+
+Exit status: 0 when every request succeeded, 1 when any request failed (warm-ups included),
+2 when the harness itself failed (build missing, a process did not start or died, the first
+probe request failed, ...). Missed targets do not fail it.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "IntegrationTests"))
+
+import harness  # noqa: E402  (path set up above)
+
+perf_counter = time.perf_counter
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REQUEST_TIMEOUT = 60.0
+
+
+# --------------------------------------------------------------------------- client
+
+
+class StreamProtocol(asyncio.Protocol):
+    """One request on one fresh connection; HTTP/1.1 response with chunked or raw body."""
+
+    __slots__ = ("request", "done", "transport", "t_sent", "t_first", "t_last", "head_done", "status",
+                 "chunked", "buf", "body", "scan", "chunk_left", "need_crlf", "finished", "error")
+
+    def __init__(self, request, done):
+        self.request = request
+        self.done = done
+        self.transport = None
+        self.t_sent = 0.0
+        self.t_first = None
+        self.t_last = None
+        self.head_done = False
+        self.status = 0
+        self.chunked = False
+        self.buf = bytearray()
+        self.body = bytearray()
+        self.scan = 0
+        self.chunk_left = 0
+        self.need_crlf = False
+        self.finished = False
+        self.error = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.t_sent = perf_counter()
+        transport.write(self.request)
+
+    def data_received(self, data):
+        now = perf_counter()
+        self.t_last = now
+        if not self.head_done:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > 65536:
+                    self._fail("response head too large")
+                return
+            head = bytes(self.buf[:end]).lower()
+            data = bytes(self.buf[end + 4:])
+            self.buf = bytearray()
+            self.head_done = True
+            try:
+                self.status = int(head.split(b" ", 2)[1])
+            except (IndexError, ValueError):
+                self._fail("bad status line")
+                return
+            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            if not data:
+                return
+        if self.chunked:
+            self._dechunk(data)
+        else:
+            self.body += data
+        if self.t_first is None and self.status == 200:
+            self._find_first_content(now)
+
+    def _dechunk(self, data):
+        buf = self.buf
+        buf += data
+        pos = 0
+        n = len(buf)
+        while not self.finished:
+            if self.chunk_left:
+                take = min(self.chunk_left, n - pos)
+                self.body += buf[pos:pos + take]
+                pos += take
+                self.chunk_left -= take
+                if self.chunk_left:
+                    break
+                self.need_crlf = True
+            if self.need_crlf:
+                if n - pos < 2:
+                    break
+                pos += 2
+                self.need_crlf = False
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            try:
+                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+            except ValueError:
+                self._fail("bad chunk size")
+                return
+            pos = eol + 2
+            if size == 0:
+                self.finished = True
+                break
+            self.chunk_left = size
+        del buf[:pos]
+
+    def _find_first_content(self, now):
+        body = self.body
+        while True:
+            end = body.find(b"\n\n", self.scan)
+            if end < 0:
+                return
+            record = bytes(body[self.scan:end])
+            self.scan = end + 2
+            if not record.startswith(b"data: ") or record == b"data: [DONE]":
+                continue
+            try:
+                obj = json.loads(record[6:])
+            except ValueError:
+                continue
+            choices = obj.get("choices") if isinstance(obj, dict) else None
+            if choices and isinstance(choices[0], dict) and (choices[0].get("delta") or {}).get("content"):
+                self.t_first = now
+                return
+
+    def _fail(self, why):
+        if self.error is None:
+            self.error = why
+        if self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        if exc is not None and self.error is None:
+            self.error = f"connection lost: {exc!r}"
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class Target:
+    """Where one path sends its request: host, port and the exact request bytes."""
+
+    def __init__(self, name, port, path, headers, body, expected_records=None):
+        self.name = name
+        self.port = port
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {len(body)}\r\n")
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self.request = head.encode() + b"\r\n" + body
+        self.expected_records = expected_records
+
+
+async def one_request(loop, target):
+    """Returns (ttft_s, total_s, connect_s, error or None, body)."""
+    done = loop.create_future()
+    t_start = perf_counter()
+    transport = None
+    protocol = None
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            transport, protocol = await loop.create_connection(
+                lambda: StreamProtocol(target.request, done), "127.0.0.1", target.port)
+            await done
+    except TimeoutError:
+        if transport is not None:
+            transport.abort()
+        return None, None, None, "timeout", b""
+    except OSError as error:
+        return None, None, None, f"connect: {error!r}", b""
+    except Exception as error:  # noqa: BLE001 - any client-side failure is this request's error
+        if transport is not None:
+            transport.abort()
+        return None, None, None, f"exception: {error!r}", b""
+    p = protocol
+    connect = p.t_sent - t_start
+    body = bytes(p.body)
+    if p.error is not None and not p.finished:
+        return None, None, connect, p.error, body
+    if p.status != 200:
+        return None, None, connect, f"HTTP {p.status}", body
+    if p.chunked and not p.finished:
+        return None, None, connect, "stream ended without the last chunk", body
+    if not body.endswith(b"data: [DONE]\n\n"):
+        return None, None, connect, "missing [DONE]", body
+    if b'"type":"error"' in body or b'data: {"error"' in body:
+        return None, None, connect, "error record in stream", body
+    if target.expected_records is not None and body.count(b"data: ") != target.expected_records:
+        return None, None, connect, f"{body.count(b'data: ')} records, expected {target.expected_records}", body
+    if p.t_first is None:
+        return None, None, connect, "no content chunk", body
+    return p.t_first - p.t_sent, p.t_last - p.t_sent, connect, None, body
+
+
+async def run_phase(target, concurrency, per_slot=None, until=None):
+    """`concurrency` slots, each running requests back to back: `per_slot` of them, or until the
+    monotonic deadline `until` (warm-up). Returns samples and wall time."""
+    loop = asyncio.get_running_loop()
+    ttft, total, connect, errors = [], [], [], {}
+    hard_cap = per_slot if per_slot is not None else 100_000  # a bound for the warm-up loop too
+
+    async def slot():
+        for _ in range(hard_cap):
+            if until is not None and time.monotonic() >= until:
+                return
+            first, whole, conn, error, _ = await one_request(loop, target)
+            if error is None:
+                ttft.append(first)
+                total.append(whole)
+                connect.append(conn)
+            else:
+                errors[error] = errors.get(error, 0) + 1
+
+    started = perf_counter()
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+    wall = perf_counter() - started
+    return {"ttft": ttft, "total": total, "connect": connect, "errors": errors, "wall": wall}
+
+
+# --------------------------------------------------------------------------- /proc readings
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def memory_kib(pid):
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value = line.split(":", 1)
+                    values[name] = int(value.split()[0])
+    except OSError:
+        pass
+    return values
+
+
+def thread_count(pid):
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def machine_busy():
+    """(busy jiffies, total jiffies) of all CPUs."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+class CPUSnapshot:
+    def __init__(self, pids):
+        self.pids = pids
+        self.values = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+        self.values["client"] = sum(os.times()[:2])
+        self.machine = machine_busy()
+
+    def since(self, earlier):
+        used = {name: self.values[name] - earlier.values[name] for name in self.values}
+        busy = self.machine[0] - earlier.machine[0]
+        total = self.machine[1] - earlier.machine[1]
+        ours = sum(used.values()) * CLK_TCK
+        used["machine_busy_fraction"] = busy / total if total else 0.0
+        # CPU used by anything outside the benchmark (another build, say): it skews the numbers.
+        used["other_busy_fraction"] = max(0.0, busy - ours) / total if total else 0.0
+        return used
+
+
+# --------------------------------------------------------------------------- statistics and output
+
+
+def percentile(samples, p):
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * p / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(phase):
+    completed = len(phase["ttft"])
+    ms = lambda values, p: percentile(values, p) * 1000  # noqa: E731
+    return {
+        "requests": completed + sum(phase["errors"].values()),
+        "completed": completed,
+        "errors": sum(phase["errors"].values()),
+        "error_kinds": phase["errors"],
+        "wall_s": phase["wall"],
+        "throughput_per_s": completed / phase["wall"] if phase["wall"] else 0.0,
+        "ttft_ms": {f"p{p}": ms(phase["ttft"], p) for p in (50, 90, 99)} | {
+            "min": min(phase["ttft"], default=float("nan")) * 1000,
+            "max": max(phase["ttft"], default=float("nan")) * 1000},
+        "total_ms": {f"p{p}": ms(phase["total"], p) for p in (50, 90, 99)},
+        "connect_ms": {f"p{p}": ms(phase["connect"], p) for p in (50, 99)},
+    }
+
+
+def fmt(value, digits=2):
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+
+def markdown(results, args):
+    lines = []
+    lines.append(f"Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
+                 f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
+                 f"fresh connection per request, "
+                 f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
+    lines.append("")
+    lines.append("| streams | requests/path | direct TTFT p50 / p99 (ms) | nginx TTFT p50 / p99 (ms) "
+                 "| **added p50 / p99 (ms)** | direct streams/s | nginx streams/s | nginx/direct | errors d / n |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for level in results:
+        d, n, a = level["direct"], level["nginx"], level["added_ms"]
+        lines.append(
+            f"| {level['concurrency']} | {n['requests']} "
+            f"| {fmt(d['ttft_ms']['p50'])} / {fmt(d['ttft_ms']['p99'])} "
+            f"| {fmt(n['ttft_ms']['p50'])} / {fmt(n['ttft_ms']['p99'])} "
+            f"| **{fmt(a['ttft_p50'])} / {fmt(a['ttft_p99'])}** "
+            f"| {fmt(d['throughput_per_s'], 1)} | {fmt(n['throughput_per_s'], 1)} "
+            f"| {fmt(level['throughput_ratio'], 3)} | {d['errors']} / {n['errors']} |")
+    lines.append("")
+    lines.append("| streams | total p50 / p99 direct (ms) | total p50 / p99 nginx (ms) | responder CPU ms/req "
+                 "| nginx CPU ms/req | mock CPU ms/req (d / n) | client CPU ms/req (d / n) | machine busy (d / n) "
+                 "| responder RSS / HWM (MiB) |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for level in results:
+        d, n, c = level["direct"], level["nginx"], level["cpu_ms_per_request"]
+        lines.append(
+            f"| {level['concurrency']} "
+            f"| {fmt(d['total_ms']['p50'], 1)} / {fmt(d['total_ms']['p99'], 1)} "
+            f"| {fmt(n['total_ms']['p50'], 1)} / {fmt(n['total_ms']['p99'], 1)} "
+            f"| {fmt(c['nginx']['responder'])} | {fmt(c['nginx']['nginx'])} "
+            f"| {fmt(c['direct']['mock'])} / {fmt(c['nginx']['mock'])} "
+            f"| {fmt(c['direct']['client'])} / {fmt(c['nginx']['client'])} "
+            f"| {level['machine_busy']['direct'] * 100:.0f}% / {level['machine_busy']['nginx'] * 100:.0f}% "
+            f"| {fmt(level['responder_memory_kib'].get('VmRSS', 0) / 1024, 1)} / "
+            f"{fmt(level['responder_memory_kib'].get('VmHWM', 0) / 1024, 1)} |")
+    return "\n".join(lines)
+
+
+def check_targets(results):
+    by_level = {level["concurrency"]: level for level in results}
+    targets = []
+    if 32 in by_level:
+        a = by_level[32]["added_ms"]
+        targets.append({"target": "added TTFT p50 <= 1 ms at 32 streams", "value_ms": a["ttft_p50"],
+                        "pass": a["ttft_p50"] <= 1.0})
+        targets.append({"target": "added TTFT p99 <= 3 ms at 32 streams", "value_ms": a["ttft_p99"],
+                        "pass": a["ttft_p99"] <= 3.0})
+    if 256 in by_level:
+        level = by_level[256]
+        errors = level["direct"]["errors"] + level["nginx"]["errors"]
+        targets.append({"target": "nginx throughput >= 0.97 x direct at 256 streams, 0 errors",
+                        "ratio": level["throughput_ratio"], "errors": errors,
+                        "pass": level["throughput_ratio"] >= 0.97 and errors == 0})
+    return targets
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.path.join(REPO, ".build", "release"),
+                        help="directory with chatkit-fcgi and mock-model (default: <repo>/.build/release)")
+    parser.add_argument("--threads", type=int, default=300, help="responder worker threads (default 300)")
+    parser.add_argument("--delay-ms", type=int, default=10, help="MOCK_DELAY_MS, pause between chunks (default 10)")
+    parser.add_argument("--words", type=int, default=20, help="words (content chunks) in the answer (default 20, >= 3)")
+    parser.add_argument("--concurrency", default="1,32,256", help="comma-separated stream counts (default 1,32,256)")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="target seconds per path per level; sets requests per slot (default 10)")
+    parser.add_argument("--requests", type=int, help="requests per stream slot (overrides --duration)")
+    parser.add_argument("--min-samples", type=int, default=100,
+                        help="at least this many requests per path per level (default 100)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per path per level (default 2)")
+    parser.add_argument("--no-prewarm", dest="prewarm", action="store_false",
+                        help="skip the initial 2 x threads requests that warm every responder thread")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for chatkit-fcgi, e.g. CHATKIT_HISTORY_LIMIT=20 (repeatable)")
+    parser.add_argument("--json", help="also write the results as JSON to this path")
+    args = parser.parse_args()
+    args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if args.words < 3 or not args.levels or min(args.levels) < 1 or args.delay_ms < 0:
+        parser.error("--words must be >= 3, --concurrency positive integers, --delay-ms >= 0")
+    if args.threads < max(args.levels):
+        parser.error("--threads must be at least the largest concurrency level")
+    if any("=" not in item for item in args.env):
+        parser.error("--env takes NAME=VALUE")
+    args.env = dict(item.split("=", 1) for item in args.env)
+    return args
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def mock_call(stack, method, path):
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.model_port}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        body = reply.read()
+    return json.loads(body) if body else None
+
+
+async def probe(target):
+    """One request; returns its body, or raises with the reason."""
+    loop = asyncio.get_running_loop()
+    _, _, _, error, body = await one_request(loop, target)
+    if error is not None:
+        raise RuntimeError(f"probe through {target.name} failed: {error}: {body[:300]!r}")
+    return body
+
+
+async def benchmark(stack, args):
+    prompt = " ".join(f"t{i}" for i in range(1, args.words - 1))  # "You said: " + words-2 more words
+    token = harness.hs256_token("bench", ttl=24 * 3600)
+    chat_body = json.dumps({"messages": [{"role": "user", "content": prompt}], "conversation_id": None}).encode()
+    nginx = Target("nginx", stack.http_port, "/api/chat", [("Authorization", f"Bearer {token}")], chat_body)
+
+    # Probe through nginx, then take the exact body the responder sent the model for the direct path.
+    nginx_body = await probe(nginx)
+    sent = mock_call(stack, "GET", "/_mock/requests")[-1]
+    mock_call(stack, "DELETE", "/_mock/requests")  # the mock keeps every body; keep its memory flat
+    direct = Target("direct", stack.model_port, "/v1/chat/completions",
+                    [("Authorization", f"Bearer {harness.MODEL_KEY}")],
+                    json.dumps(sent, separators=(",", ":")).encode())
+    direct_body = await probe(direct)
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                   for line in direct_body.decode().split("\n\n")
+                   if line.startswith("data: {") and json.loads(line[6:])["choices"])
+    if text != f"You said: {prompt}":
+        raise RuntimeError(f"unexpected mock answer: {text!r}")
+    direct.expected_records = direct_body.count(b"data: ")
+    nginx.expected_records = nginx_body.count(b"data: ")
+    print(f"probe ok: answer {len(text.split())} words; records per stream: direct {direct.expected_records}, "
+          f"nginx {nginx.expected_records}; direct body {len(direct.request)} bytes", flush=True)
+
+    responder_pid = stack.responder.popen.pid
+    nginx_pids = [stack.nginx.popen.pid] + children_of(stack.nginx.popen.pid)
+    pids = {"responder": [responder_pid], "nginx": nginx_pids, "mock": [stack.mock.popen.pid]}
+
+    prewarm = None
+    if args.prewarm:
+        # The responder's threads block in accept() on one socket and the kernel hands each new
+        # connection to the longest-waiting one, so requests rotate through ALL threads and each
+        # thread opens its SQLite connection and its keep-alive model connection on first use.
+        # Without this, the first ~threads requests (all of a 1-stream level) pay for that.
+        width = min(64, args.threads)
+        phase = await run_phase(nginx, width, per_slot=math.ceil(2 * args.threads / width))
+        prewarm = {"requests": len(phase["ttft"]) + sum(phase["errors"].values()), "concurrency": width,
+                   "errors": sum(phase["errors"].values())}
+        print(f"prewarm: {prewarm['requests']} requests through nginx at {width} streams, "
+              f"errors {prewarm['errors']}", flush=True)
+        mock_call(stack, "DELETE", "/_mock/requests")
+
+    results = []
+    for concurrency in args.levels:
+        level = {"concurrency": concurrency}
+        # Warm-up, both paths (fills the responder's per-thread SQLite and curl handles too).
+        warm = {}
+        for target in (direct, nginx):
+            warm[target.name] = await run_phase(target, concurrency, until=time.monotonic() + args.warmup)
+        mean_total = (sum(warm["direct"]["total"]) / len(warm["direct"]["total"])
+                      if warm["direct"]["total"] else (args.words + 3) * args.delay_ms / 1000)
+        if args.requests:
+            per_slot = args.requests
+        else:
+            per_slot = max(math.ceil(args.duration / max(mean_total, 1e-3)),
+                           math.ceil(args.min_samples / concurrency), 1)
+        level["requests_per_slot"] = per_slot
+        level["warmup_errors"] = {name: sum(phase["errors"].values()) for name, phase in warm.items()}
+        if any(level["warmup_errors"].values()):
+            print(f"  {concurrency:>4} streams warm-up errors: "
+                  + ", ".join(f"{name} {phase['errors']}" for name, phase in warm.items()), flush=True)
+
+        cpu = {}
+        busy = {}
+        other = {}
+        for target in (direct, nginx):
+            mock_call(stack, "DELETE", "/_mock/requests")
+            before = CPUSnapshot(pids)
+            phase = await run_phase(target, concurrency, per_slot=per_slot)
+            used = CPUSnapshot(pids).since(before)
+            summary = summarize(phase)
+            summary["mock_stats"] = mock_call(stack, "GET", "/_mock/stats")
+            level[target.name] = summary
+            requests = max(summary["requests"], 1)
+            busy[target.name] = used.pop("machine_busy_fraction")
+            other[target.name] = used.pop("other_busy_fraction")
+            if other[target.name] > 0.10:
+                print(f"  warning: {other[target.name] * 100:.0f}% of the machine was busy with other processes "
+                      f"during the {target.name} phase", flush=True)
+            cpu[target.name] = {name: seconds * 1000 / requests for name, seconds in used.items()}
+            print(f"  {concurrency:>4} streams {target.name:>6}: {summary['requests']} requests, "
+                  f"TTFT p50 {summary['ttft_ms']['p50']:.2f} ms p99 {summary['ttft_ms']['p99']:.2f} ms, "
+                  f"{summary['throughput_per_s']:.1f} streams/s, errors {summary['errors']}"
+                  + (f" {summary['error_kinds']}" if summary["errors"] else ""), flush=True)
+        level["cpu_ms_per_request"] = cpu
+        level["responder_cpu_s_per_request"] = cpu["nginx"]["responder"] / 1000
+        level["machine_busy"] = busy
+        level["other_busy"] = other
+        level["responder_memory_kib"] = memory_kib(responder_pid)
+        level["responder_threads"] = thread_count(responder_pid)
+        d, n = level["direct"], level["nginx"]
+        level["added_ms"] = {
+            "ttft_p50": n["ttft_ms"]["p50"] - d["ttft_ms"]["p50"],
+            "ttft_p99": n["ttft_ms"]["p99"] - d["ttft_ms"]["p99"],
+            "total_p50": n["total_ms"]["p50"] - d["total_ms"]["p50"],
+            "total_p99": n["total_ms"]["p99"] - d["total_ms"]["p99"],
+        }
+        level["throughput_ratio"] = (n["throughput_per_s"] / d["throughput_per_s"]) if d["throughput_per_s"] else 0.0
+        if prewarm is not None:
+            level["prewarm"] = prewarm
+        results.append(level)
+    return results
+
+
+def main():
+    args = parse_args()
+    raise_fd_limit()
+    # SIGTERM ends the run like Ctrl-C does, so the stack is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for binary in ("chatkit-fcgi", "mock-model"):
+        if not os.access(os.path.join(args.build_dir, binary), os.X_OK):
+            print(f"bench: {binary} not found in {args.build_dir}; run `swift build -c release` first",
+                  file=sys.stderr)
+            return 2
+    try:
+        stack = harness.Stack(threads=args.threads, mock_delay_ms=args.delay_ms, with_nginx=True,
+                              build_dir=args.build_dir, extra_env=args.env)
+    except Exception as error:  # noqa: BLE001 - any start-up failure is the harness's
+        print(f"bench: could not start the stack: {error!r}", file=sys.stderr)
+        return 2
+    print(f"stack up in {stack.dir}: mock :{stack.model_port}, nginx :{stack.http_port}, "
+          f"responder pid {stack.responder.popen.pid}", flush=True)
+    started = time.time()
+    try:
+        results = asyncio.run(benchmark(stack, args))
+        alive = {p.name: p.alive() for p in stack.processes}
+        if not all(alive.values()):
+            raise RuntimeError(f"a process died during the run: {alive}")
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        stack.stop()
+        return 2
+    except Exception as error:  # noqa: BLE001
+        print(f"bench: harness failure: {error!r}", file=sys.stderr)
+        for process in stack.processes:
+            if process.name == "chatkit-fcgi":
+                print(process.output()[-2000:], file=sys.stderr)
+        stack.stop()
+        return 2
+    stack.stop()
+
+    table = markdown(results, args)
+    targets = check_targets(results)
+    print()
+    print(table)
+    print()
+    for target in targets:
+        detail = (f"{target['value_ms']:.2f} ms" if "value_ms" in target
+                  else f"ratio {target['ratio']:.3f}, errors {target['errors']}")
+        print(f"- {verdict(target['pass'])}  {target['target']}: {detail}")
+    errors = sum(level["direct"]["errors"] + level["nginx"]["errors"] + sum(level["warmup_errors"].values())
+                 for level in results)
+    errors += results[0].get("prewarm", {}).get("errors", 0) if results else 0
+
+    if args.json:
+        report = {
+            "started_unix": started,
+            "duration_s": time.time() - started,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+            "levels": results,
+            "targets": targets,
+            "markdown": table,
+        }
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+        print(f"\nJSON written to {args.json}")
+    if errors:
+        print(f"bench: {errors} request(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
