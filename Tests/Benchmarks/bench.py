@@ -41,7 +41,7 @@ Targets (reported as PASS/FAIL, they do not change the exit status):
 
 Run from the repository root (needs nginx on PATH):
 
-    swift build -c release && python3 Tests/Benchmarks/bench.py
+    swift build -c release && python3 Tests/Benchmarks/bench.py [--path chatkit]
 
     options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
@@ -185,8 +185,16 @@ class StreamProtocol(asyncio.Protocol):
                 obj = json.loads(record[6:])
             except ValueError:
                 continue
-            choices = obj.get("choices") if isinstance(obj, dict) else None
+            if not isinstance(obj, dict):
+                continue
+            choices = obj.get("choices")
             if choices and isinstance(choices[0], dict) and (choices[0].get("delta") or {}).get("content"):
+                self.t_first = now
+                return
+            # The ChatKit protocol's equivalent: the first text delta of the assistant message.
+            update = obj.get("update") if obj.get("type") == "thread.item.updated" else None
+            if isinstance(update, dict) and update.get("type") == "assistant_message.content_part.text_delta" \
+                    and update.get("delta"):
                 self.t_first = now
                 return
 
@@ -209,9 +217,10 @@ class StreamProtocol(asyncio.Protocol):
 class Target:
     """Where one path sends its request: host, port and the exact request bytes."""
 
-    def __init__(self, name, port, path, headers, body, expected_records=None):
+    def __init__(self, name, port, path, headers, body, expected_records=None, last_record=b"data: [DONE]\n\n"):
         self.name = name
         self.port = port
+        self.last_record = last_record
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                 f"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {len(body)}\r\n")
         head += "".join(f"{name}: {value}\r\n" for name, value in headers)
@@ -249,8 +258,8 @@ async def one_request(loop, target):
         return None, None, connect, f"HTTP {p.status}", body
     if p.chunked and not p.finished:
         return None, None, connect, "stream ended without the last chunk", body
-    if not body.endswith(b"data: [DONE]\n\n"):
-        return None, None, connect, "missing [DONE]", body
+    if not body.endswith(target.last_record):
+        return None, None, connect, "stream did not end with its last record", body
     if b'"type":"error"' in body or b'data: {"error"' in body:
         return None, None, connect, "error record in stream", body
     if target.expected_records is not None and body.count(b"data: ") != target.expected_records:
@@ -402,7 +411,7 @@ def verdict(ok):
 
 def markdown(results, args):
     lines = []
-    lines.append(f"Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
+    lines.append(f"Path /api/{args.path}. Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
                  f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
                  f"fresh connection per request, "
                  f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
@@ -479,6 +488,9 @@ def parse_args():
                         help="skip the initial 2 x threads requests that warm every responder thread")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for chatkit-fcgi, e.g. CHATKIT_HISTORY_LIMIT=20 (repeatable)")
+    parser.add_argument("--path", choices=["chat", "chatkit"], default="chat",
+                        help="the face to measure: /api/chat records, or /api/chatkit threads.create where TTFT "
+                             "is the first text_delta (default chat)")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -517,8 +529,15 @@ async def probe(target):
 async def benchmark(stack, args):
     prompt = " ".join(f"t{i}" for i in range(1, args.words - 1))  # "You said: " + words-2 more words
     token = harness.hs256_token("bench", ttl=24 * 3600)
-    chat_body = json.dumps({"messages": [{"role": "user", "content": prompt}], "conversation_id": None}).encode()
-    nginx = Target("nginx", stack.http_port, "/api/chat", [("Authorization", f"Bearer {token}")], chat_body)
+    if args.path == "chatkit":
+        # A new ChatKit thread per request: the stream ends with thread.updated (the title).
+        body = json.dumps({"type": "threads.create", "params": {"input": {
+            "content": [{"type": "input_text", "text": prompt}], "attachments": [], "inference_options": {}}}}).encode()
+        nginx = Target("nginx", stack.http_port, "/api/chatkit", [("Authorization", f"Bearer {token}")], body,
+                       last_record=b'"has_more":false}}}\n\n')
+    else:
+        body = json.dumps({"messages": [{"role": "user", "content": prompt}], "conversation_id": None}).encode()
+        nginx = Target("nginx", stack.http_port, "/api/chat", [("Authorization", f"Bearer {token}")], body)
 
     # Probe through nginx, then take the exact body the responder sent the model for the direct path.
     nginx_body = await probe(nginx)
