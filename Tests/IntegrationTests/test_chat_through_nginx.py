@@ -1,6 +1,7 @@
 """/api/chat through a real nginx, the built responder, a real SQLite file and the mock model."""
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -161,3 +162,14 @@ def test_a_client_disconnect_stops_the_upstream_and_keeps_the_partial_answer(sta
         partial = db.execute("SELECT content FROM messages WHERE conversation_id = ? AND role = 'assistant'",
                              (conversation_id,)).fetchone()[0]
     assert partial.startswith("w1 w2 w3") and not partial.startswith("w1 w2 w3 " + " ".join(f"w{i}" for i in range(4, 200)))
+
+
+def test_the_seeds_curl_command_streams(stack, alice):
+    out = subprocess.run(
+        ["curl", "-sN", f"{stack.base_url}/api/chat", "-H", f"Authorization: {alice['Authorization']}",
+         "-H", "Content-Type: application/json",
+         "-d", '{"messages":[{"role":"user","content":"hi"}],"conversation_id":null}'],
+        capture_output=True, text=True, timeout=30)
+    lines = [line for line in out.stdout.splitlines() if line]
+    assert json.loads(lines[0][len("data: "):])["type"] == "conversation"
+    assert lines[-1] == "data: [DONE]"

@@ -213,3 +213,19 @@ def test_the_listen_socket_can_be_handed_over(launcher):
         listener.close()
     finally:
         stack.stop()
+
+
+def test_help_version_and_migrate(bare, tmp_path):
+    help_text = subprocess.run([bare.binary, "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "usage: chatkit-fcgi" in help_text.stdout and "DATABASE_URL" in help_text.stdout
+    version = subprocess.run([bare.binary, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("chatkit-fcgi ")
+    database = tmp_path / "fresh.db"
+    migrated = subprocess.run([bare.binary, "migrate"], env={**bare.env, "DATABASE_URL": f"sqlite://{database}"},
+                              capture_output=True, text=True)
+    assert migrated.returncode == 0 and "schema version 0 -> 2" in migrated.stdout
+    again = subprocess.run([bare.binary, "migrate"], env={**bare.env, "DATABASE_URL": f"sqlite://{database}"},
+                           capture_output=True, text=True)
+    assert "schema version 2 -> 2" in again.stdout
+    unknown = subprocess.run([bare.binary, "serve", "--sockets", "x"], capture_output=True, text=True, env=bare.env)
+    assert unknown.returncode == 64 and "unknown option --sockets" in unknown.stderr
