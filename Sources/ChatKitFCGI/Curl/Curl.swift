@@ -9,6 +9,46 @@ public enum Curl {
     }
 }
 
+/// DNS answers and TLS sessions shared by every thread's handle, so a thread whose connection
+/// went idle resumes a TLS session instead of a full handshake. (libcurl does not support
+/// sharing the connections themselves across threads.)
+///
+/// `@unchecked Sendable`: libcurl serialises its use of the share through the lock callbacks,
+/// one pthread mutex per kind of data; nothing else touches it after `init`.
+private final class CurlShare: @unchecked Sendable {
+    static let shared = CurlShare()
+
+    let handle: UnsafeMutableRawPointer
+    private let locks: UnsafeMutablePointer<pthread_mutex_t>
+    private static let lockCount = Int(CURL_LOCK_DATA_LAST.rawValue)
+
+    private init() {
+        guard let handle = curl_share_init() else { fatalError("libcurl could not allocate a share") }
+        self.handle = handle
+        locks = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: Self.lockCount)
+        for index in 0..<Self.lockCount { pthread_mutex_init(locks + index, nil) }
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        _ = ccurl_share_setopt_pointer(handle, CURLSHOPT_USERDATA, context)
+        _ = ccurl_share_setopt_lock_function(handle) { _, data, _, context in
+            if let mutex = Unmanaged<CurlShare>.fromOpaque(context!).takeUnretainedValue().lock(data) {
+                pthread_mutex_lock(mutex)
+            }
+        }
+        _ = ccurl_share_setopt_unlock_function(handle) { _, data, context in
+            if let mutex = Unmanaged<CurlShare>.fromOpaque(context!).takeUnretainedValue().lock(data) {
+                pthread_mutex_unlock(mutex)
+            }
+        }
+        _ = ccurl_share_setopt_long(handle, CURLSHOPT_SHARE, Int(CURL_LOCK_DATA_DNS.rawValue))
+        _ = ccurl_share_setopt_long(handle, CURLSHOPT_SHARE, Int(CURL_LOCK_DATA_SSL_SESSION.rawValue))
+    }
+
+    private func lock(_ data: curl_lock_data) -> UnsafeMutablePointer<pthread_mutex_t>? {
+        let index = Int(data.rawValue)
+        return index < Self.lockCount ? locks + index : nil
+    }
+}
+
 /// Why a transfer produced no usable response.
 public enum TransferError: Error, Equatable, CustomStringConvertible {
     /// libcurl's own failure: DNS, connect, TLS.
@@ -108,6 +148,7 @@ public final class HTTPClient {
         set(CURLOPT_TIMEOUT_MS, request.totalTimeoutMilliseconds)
         set(CURLOPT_TCP_NODELAY, 1)
         set(CURLOPT_FOLLOWLOCATION, 0)
+        if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_SHARE, CurlShare.shared.handle) }
         if code == CURLE_OK, request.method != "GET" { code = ccurl_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method) }
         if let body = request.body {
             set(CURLOPT_POSTFIELDSIZE_LARGE, body.count)
