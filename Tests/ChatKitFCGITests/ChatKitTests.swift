@@ -86,6 +86,9 @@ import Testing
         #expect(repaired[2].toolCallID == "c1")
         let answered = [history[0], history[1], ChatMessage(role: .tool, content: "{}", toolCallID: "c1"), history[2]]
         #expect(Agent.answeringEveryCall(answered) == answered)
+        // A second result for the same call (a double submit) would make the API refuse the history.
+        let duplicated = [history[0], history[1], answered[2], answered[2], history[2]]
+        #expect(Agent.answeringEveryCall(duplicated) == answered)
     }
 
     @Test func aClientToolCallEndsTheTurnAfterTheServerToolsRan() throws {

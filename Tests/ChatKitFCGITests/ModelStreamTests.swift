@@ -15,6 +15,11 @@ import Testing
         #expect(usage.usage == .init(promptTokens: 9, completionTokens: 4))
     }
 
+    @Test func usageCountsFromTheServerAreClamped() throws {
+        let chunk = try ChatCompletionChunk(JSON.parse(#"{"choices":[],"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":-5}}"#))
+        #expect(chunk.usage == .init(promptTokens: Int(Int32.max), completionTokens: 0))
+    }
+
     @Test func anInBandErrorIsAStreamError() {
         #expect(throws: ModelError.streamError("boom")) {
             try ChatCompletionChunk(JSON.parse(#"{"error":{"message":"boom","type":"server_error"}}"#))

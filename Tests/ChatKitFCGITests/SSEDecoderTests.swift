@@ -54,6 +54,14 @@ import Testing
         #expect(decode("data\n\ndata: a: b\n\n").map(\.data) == ["", "a: b"])
     }
 
+    @Test func reportsWhatItHoldsSoCallersCanCapIt() {
+        var decoder = SSEDecoder()
+        decoder.feed(Array("data: ".utf8) + Array(repeating: UInt8(ascii: "x"), count: 1000)) { _ in }
+        #expect(decoder.pendingBytes >= 1000)
+        decoder.feed(Array("\n\n".utf8)) { _ in }
+        #expect(decoder.pendingBytes == 0)
+    }
+
     @Test func parsesRetryAndIgnoresUnknownFields() {
         let events = decode("retry: 1500\nfoo: bar\ndata: x\n\n")
         #expect(events == [SSEEvent(event: nil, data: "x", id: nil, retry: 1500)])

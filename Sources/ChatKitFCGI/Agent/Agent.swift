@@ -88,8 +88,8 @@ public struct Agent {
         while summary.rounds < maxRounds {
             summary.rounds += 1
             let turn = model.stream(messages: messages, tools: tools, observer: observer)
-            summary.usage.promptTokens += turn.usage.promptTokens
-            summary.usage.completionTokens += turn.usage.completionTokens
+            summary.usage.promptTokens &+= turn.usage.promptTokens
+            summary.usage.completionTokens &+= turn.usage.completionTokens
             let text = turn.text.isEmpty ? turn.refusal : turn.text
 
             if let failure = turn.failure {
@@ -145,7 +145,9 @@ public struct Agent {
             unanswered = []
         }
         for message in history {
-            if message.role == .tool, let id = message.toolCallID, let index = unanswered.firstIndex(of: id) {
+            if message.role == .tool {
+                // A result must answer an open call; any other (a duplicate, say) is dropped.
+                guard let id = message.toolCallID, let index = unanswered.firstIndex(of: id) else { continue }
                 unanswered.remove(at: index)
             } else {
                 closeOpenCalls()

@@ -5,6 +5,7 @@ public enum DevToken {
         now: Double = Clock.unixTime()
     ) -> String {
         let issuedAt = Int(now)
+        let ttlSeconds = min(ttlSeconds, 10 * 365 * 24 * 3600)
         var claims: [(String, JSON)] = [("sub", .string(subject)), ("iat", .int(issuedAt)), ("exp", .int(issuedAt + ttlSeconds))]
         if let issuer { claims.append(("iss", .string(issuer))) }
         if let audience { claims.append(("aud", .string(audience))) }

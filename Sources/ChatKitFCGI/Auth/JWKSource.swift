@@ -46,21 +46,31 @@ public final class JWKSource: Sendable {
     public func key(id: String) throws(AuthError) -> JSONWebKey {
         let (keySet, fetchedAt) = state.withLock { ($0.keySet, $0.fetchedAt) }
         if let key = keySet?.key(id: id) {
-            if clock() - fetchedAt >= maximumAge {
-                // Stale but usable: refresh if nobody else is, and never block on it.
-                _ = fetchLock.withLockIfAvailable { _ in refreshIfCooledDown() }
+            if clock() - fetchedAt >= maximumAge, claimRefresh() {
+                // Stale but usable: refresh on another thread, so this request never waits on it.
+                DetachedThread.start(stackBytes: 256 << 10) { [self] in fetchLock.withLock { _ in refresh() } }
             }
             return key
         }
-        fetchLock.withLock { _ in refreshIfCooledDown() }
+        fetchLock.withLock { _ in
+            // Whoever held the lock may have just fetched: the claim then fails on the cooldown.
+            if claimRefresh() { refresh() }
+        }
         guard let key = state.withLock({ $0.keySet })?.key(id: id) else { throw .unknownKey }
         return key
     }
 
-    private func refreshIfCooledDown() {
+    /// At most one fetch per cooldown, however many requests ask.
+    private func claimRefresh() -> Bool {
         let now = clock()
-        guard now - state.withLock({ $0.lastAttempt }) >= cooldown else { return }
-        state.withLock { $0.lastAttempt = now }
+        return state.withLock {
+            guard now - $0.lastAttempt >= cooldown else { return false }
+            $0.lastAttempt = now
+            return true
+        }
+    }
+
+    private func refresh() {
         do throws(AuthError) {
             try load()
         } catch {

@@ -16,7 +16,7 @@ public enum AuthError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .missingToken: "no bearer token"
         case .malformed(let why): "malformed token: \(why)"
-        case .algorithmNotAllowed(let alg): "algorithm not allowed: \(alg)"
+        case .algorithmNotAllowed(let alg): "algorithm not allowed: \(alg.count <= 16 ? alg : String(alg.prefix(16)) + "…")"
         case .unknownKey: "no key for the token's kid"
         case .badSignature: "bad signature"
         case .expired: "token expired"

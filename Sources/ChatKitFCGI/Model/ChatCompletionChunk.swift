@@ -26,9 +26,11 @@ public struct ChatCompletionChunk: Equatable {
         }
         guard case .object = json else { throw .streamError("a stream record is not a JSON object") }
         if case .object = json["usage"] ?? .null {
+            // Counts come from the model server: clamp them so summing rounds cannot overflow.
+            let plausible = 0...Int(Int32.max)
             usage = Usage(
-                promptTokens: json["usage"]?["prompt_tokens"]?.intValue ?? 0,
-                completionTokens: json["usage"]?["completion_tokens"]?.intValue ?? 0)
+                promptTokens: (json["usage"]?["prompt_tokens"]?.intValue ?? 0).clamped(to: plausible),
+                completionTokens: (json["usage"]?["completion_tokens"]?.intValue ?? 0).clamped(to: plausible))
         }
         // One choice is requested (n = 1); other indexes would belong to other answers.
         guard let choice = json["choices"]?.arrayValue?.first(where: { ($0["index"]?.intValue ?? 0) == 0 }) else { return }
@@ -48,6 +50,10 @@ public struct ChatCompletionChunk: Equatable {
     static func message(of error: JSON) -> String? {
         error.stringValue ?? error["message"]?.stringValue
     }
+}
+
+extension Comparable {
+    func clamped(to range: ClosedRange<Self>) -> Self { min(max(self, range.lowerBound), range.upperBound) }
 }
 
 /// Rebuilds whole tool calls from streamed fragments, keyed by `index` (OpenAI's rules plus the

@@ -69,6 +69,8 @@ public final class ModelClient: ChatModel {
     private let http: HTTPClient
     /// The largest error body we keep from a failing server.
     private static let errorBodyLimit = 64 << 10
+    /// The most stream data one answer may carry; a server that sends more is broken.
+    static let answerByteLimit = 32 << 20
 
     public init(settings: Settings, http: HTTPClient) {
         self.settings = settings
@@ -110,11 +112,13 @@ public final class ModelClient: ChatModel {
         var decoder = SSEDecoder()
         var accumulator = ToolCallAccumulator()
         var sawDone = false
+        var answerBytes = 0
         var failure: ModelError?
         var status = 0
         var errorBody: [UInt8] = []
 
         func handle(_ event: SSEEvent) -> Bool {
+            // Read to the end after [DONE], so the connection stays reusable for the next request.
             if sawDone { return true }
             if event.data.hasPrefix("[DONE]") {
                 sawDone = true
@@ -130,6 +134,8 @@ public final class ModelClient: ChatModel {
                 let chunk = try ChatCompletionChunk(json)
                 turn.text += chunk.content ?? ""
                 turn.refusal += chunk.refusal ?? ""
+                answerBytes += event.data.utf8.count
+                guard answerBytes <= Self.answerByteLimit else { throw .streamError("the answer is larger than we accept") }
                 accumulator.add(chunk.toolCalls)
                 if let reason = chunk.finishReason { turn.finishReason = reason }
                 if let usage = chunk.usage { turn.usage = usage }
@@ -160,10 +166,19 @@ public final class ModelClient: ChatModel {
                 decoder.feed(bytes) { event in
                     if keepGoing { keepGoing = handle(event) }
                 }
+                if decoder.pendingBytes > Self.answerByteLimit {
+                    failure = .streamError("a stream record is larger than we accept")
+                    return false
+                }
                 return keepGoing
             }
         } catch {
             if let failure { throw failure }
+            // A complete answer stays complete whatever happens to the connection afterwards.
+            if sawDone || turn.finishReason != nil, error != .watchedDescriptorReady {
+                turn.toolCalls = accumulator.finish()
+                return
+            }
             switch error {
             case .watchedDescriptorReady, .stopped: throw .cancelled
             case .timedOut(let message): throw .timedOut(message)

@@ -23,6 +23,9 @@ public struct SSEDecoder {
 
     public init() {}
 
+    /// Bytes held for a line or an event not finished yet; callers cap it.
+    public var pendingBytes: Int { line.count + data.count }
+
     /// Feeds bytes and calls `dispatch` for every complete event, in order.
     public mutating func feed<Bytes: Sequence>(_ bytes: Bytes, dispatch: (SSEEvent) throws -> Void) rethrows
     where Bytes.Element == UInt8 {

@@ -6,9 +6,13 @@ public enum Log {
     public static func warning(_ message: String) { write("warning", message) }
     public static func error(_ message: String) { write("error", message) }
 
+    /// Longer messages are cut: parts of them can come from clients.
+    static let maximumLineBytes = 2048
+
     private static func write(_ level: String, _ message: String) {
         var line = Array("chatkit-fcgi \(level): ".utf8)
-        line.append(contentsOf: message.utf8.map { $0 == 0x0A ? 0x20 : $0 })
+        // One event per line: control characters (CR, LF, ESC, ...) must not forge or hide lines.
+        line.append(contentsOf: message.utf8.prefix(maximumLineBytes).map { $0 < 0x20 || $0 == 0x7F ? 0x20 : $0 })
         line.append(0x0A)
         line.withUnsafeBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
     }

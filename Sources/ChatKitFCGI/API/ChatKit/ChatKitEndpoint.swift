@@ -30,7 +30,6 @@ struct ChatKitEndpoint {
         guard let params = envelope["params"], case .object = params else {
             throw APIError.invalidBody("params must be an object")
         }
-        log.note = type
         switch type {
         case "threads.create": try create(params, writer: writer, log: &log)
         case "threads.add_user_message": try addUserMessage(params, writer: writer, log: &log)

@@ -208,12 +208,15 @@ final class ChatKitStream: AgentObserver {
             log.note = "round limit"
             send("error", [("code", "custom"), ("message", .string("I stopped after \(rounds) steps without an answer. Please try again.")),
                            ("allow_retry", true)])
+        case .failed(.cancelled) where app.lifecycle.graceExpired:
+            // The server stopped, not the user: the request still stands, so no cancel note.
+            log.note = "ended by shutdown"
+            send("error", [("code", "stream.error"), ("allow_retry", true)])
         case .failed(.cancelled):
-            log.note = app.lifecycle.graceExpired ? "ended by shutdown" : "client disconnected"
+            log.note = "client disconnected"
             // As the official server does: the next turn must not pick up the abandoned answer.
             try store.append([ConversationEntry(ChatMessage(role: .system, content: Self.cancelledNote),
                                                 itemID: PublicID.make("shcx"), audience: .model)], to: conversation.id)
-            if app.lifecycle.graceExpired { send("error", [("code", "stream.error"), ("allow_retry", true)]) }
         case .failed(let error):
             log.note = error.description
             send("error", [("code", "stream.error"), ("allow_retry", true)])
