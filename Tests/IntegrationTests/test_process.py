@@ -39,6 +39,8 @@ def cgi_request(socket_path, text, token, path="/api/chat", method="POST", conve
             continue
         lines.append((time.monotonic(), line))
     process.wait(10)
+    if not head:
+        return "", [], []  # no response at all: nobody accepted the connection
     return head[0], head[1:-1], [(at, line) for at, line in lines if line]
 
 
@@ -229,3 +231,30 @@ def test_help_version_and_migrate(bare, tmp_path):
     assert "schema version 2 -> 2" in again.stdout
     unknown = subprocess.run([bare.binary, "serve", "--sockets", "x"], capture_output=True, text=True, env=bare.env)
     assert unknown.returncode == 64 and "unknown option --sockets" in unknown.stderr
+
+
+def test_a_draining_responder_leaves_new_connections_to_the_next_instance():
+    """With an inherited socket, SIGTERM must stop accepting at once: a connection that arrives
+    during the drain stays in the socket's queue (for systemd's next instance), it is not
+    accepted and turned away by the old one."""
+    stack = Stack(with_nginx=False)
+    try:
+        stack.responder.stop()
+        passed = [flag for name in stack.env for flag in ("-E", name)]
+        handed = stack.start_responder(argv=["systemd-socket-activate", "-l", stack.socket, *passed, stack.binary, "serve",
+                                             "--threads", "4"])
+        results = {}
+        first = threading.Thread(target=lambda: results.update(first=cgi_request(stack.socket, "slow 30", hs256_token("j"))))
+        first.start()
+        wait_until(lambda: stack.model_stats()["active_streams"] == 1, what="stream started")
+        handed.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        second = threading.Thread(target=lambda: results.update(second=cgi_request(stack.socket, "hi", hs256_token("k"))))
+        second.start()
+        first.join(10)
+        assert results["first"][0] == "Status: 200 OK" and results["first"][2][-1][1] == "data: [DONE]"
+        assert handed.popen.wait(5) == 0
+        second.join(10)
+        assert results["second"][0] != "Status: 503 Service Unavailable"
+    finally:
+        stack.stop()

@@ -10,7 +10,7 @@ public enum ChatKitCommand {
         let command = arguments.isEmpty ? "serve" : arguments.removeFirst()
         do {
             switch command {
-            case "serve": return try serve(Flags(arguments, allowed: ["--socket", "--threads"]))
+            case "serve": try serve(Flags(arguments, allowed: ["--socket", "--threads"]))
             case "token": return try token(Flags(arguments, allowed: ["--sub", "--ttl"]))
             case "migrate": return try migrate(Flags(arguments, allowed: []))
             case "check-config": return try checkConfig(Flags(arguments, allowed: []))
@@ -50,7 +50,7 @@ public enum ChatKitCommand {
 
     // MARK: Commands
 
-    private static func serve(_ flags: Flags) throws -> Int32 {
+    private static func serve(_ flags: Flags) throws -> Never {
         var config = try Config.load()
         if let path = flags["--socket"] { config.socketPath = path }
         if let threads = flags["--threads"] {
@@ -77,12 +77,14 @@ public enum ChatKitCommand {
         sigaddset(&stopSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         signal(SIGPIPE, SIG_IGN)
+        FastCGIServer.installWakeSignalHandler()
         Curl.globalInit()
         guard FCGX_Init() == 0 else { throw ServeError("FCGX_Init failed") }
 
         let (listenFD, origin) = try ListenSocket.acquire(
             path: config.socketPath, mode: config.socketMode, backlog: config.listenBacklog)
-        FastCGIServer(listenFD: listenFD, app: app).startWorkers(count: config.threads)
+        let server = FastCGIServer(listenFD: listenFD, app: app)
+        server.startWorkers(count: config.threads)
         Log.info("serving with \(config.threads) threads (\(origin)), database \(config.databasePath), model \(config.model) at \(config.openAIBaseURL)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
 
@@ -93,21 +95,31 @@ public enum ChatKitCommand {
         app.lifecycle.beginDraining()
         FCGX_ShutdownPending()
         if case .created(let path) = origin {
-            // Our own socket: stop accepting now. An inherited one belongs to systemd, which
+            // Our own socket goes away with us; an inherited one belongs to systemd, which
             // keeps queueing connections for the next instance.
             shutdown(listenFD, Int32(SHUT_RDWR))
             unlink(path)
         }
+        // Idle workers are woken out of accept() (again and again, in case one was between
+        // checks); busy ones finish their stream and leave.
         let deadline = Clock.monotonicMilliseconds() + Double(config.shutdownGraceSeconds) * 1000
-        while app.lifecycle.activeRequests > 0, Clock.monotonicMilliseconds() < deadline { usleep(20_000) }
-        if app.lifecycle.activeRequests > 0 {
+        while server.runningWorkers > 0, Clock.monotonicMilliseconds() < deadline {
+            server.wakeIdleWorkers()
+            usleep(20_000)
+        }
+        if server.runningWorkers > 0 {
             app.lifecycle.expireGrace()
             // Running streams notice within one 100 ms tick and send their closing records.
             let cutoff = Clock.monotonicMilliseconds() + 2_000
-            while app.lifecycle.activeRequests > 0, Clock.monotonicMilliseconds() < cutoff { usleep(20_000) }
+            while server.runningWorkers > 0, Clock.monotonicMilliseconds() < cutoff {
+                server.wakeIdleWorkers()
+                usleep(20_000)
+            }
         }
-        Log.info("stopped")
-        return 0
+        let stragglers = server.runningWorkers
+        Log.info(stragglers == 0 ? "stopped" : "stopped with \(stragglers) workers still busy")
+        // Threads may still be running: leave without running exit handlers under them.
+        _exit(0)
     }
 
     /// Every busy thread holds about five descriptors (FastCGI, model connection, SQLite's three

@@ -1,5 +1,6 @@
 import CFastCGI
 import Glibc
+import Synchronization
 
 /// Where the listening socket comes from, in the order systemd, spawn-fcgi and a developer
 /// would hand it over.
@@ -46,9 +47,35 @@ public enum ListenSocket {
 }
 
 /// Worker threads, each blocking in `FCGX_Accept_r` on the shared listening socket.
+///
+/// `@unchecked Sendable`: after `init` only `workers` changes, and it is a `Mutex`.
 public final class FastCGIServer: @unchecked Sendable {
     private let listenFD: Int32
     private let app: Application
+    /// Every running worker thread, and whether it is waiting in accept (safe to interrupt).
+    private let workers = Mutex<[pthread_t: Bool]>([:])
+
+    /// SIGUSR1 interrupts a worker's accept() when the server drains, so it stops taking
+    /// connections from a socket systemd still owns. A handler that does nothing, installed
+    /// without SA_RESTART, is all it takes; installed before FCGX_Init, libfcgi keeps it.
+    public static let wakeSignal = SIGUSR1
+
+    public static func installWakeSignalHandler() {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(wakeSignal, &action, nil)
+    }
+
+    public var runningWorkers: Int { workers.withLock { $0.count } }
+
+    /// Interrupts the workers waiting for a connection; busy ones see `isDraining` when done.
+    public func wakeIdleWorkers() {
+        workers.withLock { all in
+            for (thread, idle) in all where idle { pthread_kill(thread, Self.wakeSignal) }
+        }
+    }
     /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
     private static let threadStackBytes = 256 << 10
 
@@ -69,12 +96,25 @@ public final class FastCGIServer: @unchecked Sendable {
         // Heap-allocated: the exchange keeps a pointer to it for the life of the thread.
         let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
         request.initialize(to: FCGX_Request())
-        guard FCGX_InitRequest(request, listenFD, 0) == 0 else {
+        guard FCGX_InitRequest(request, listenFD, Int32(FCGI_FAIL_ACCEPT_ON_INTR)) == 0 else {
             Log.error("FCGX_InitRequest failed")
             return
         }
-        while true {
-            guard FCGX_Accept_r(request) >= 0 else {
+        let thread = pthread_self()
+        workers.withLock { $0[thread] = false }
+        defer { workers.withLock { $0[thread] = nil } }
+        // The wake signal may only interrupt accept(), never a request's reads and writes.
+        var wakeSignalOnly = sigset_t()
+        sigemptyset(&wakeSignalOnly)
+        sigaddset(&wakeSignalOnly, Self.wakeSignal)
+        pthread_sigmask(SIG_BLOCK, &wakeSignalOnly, nil)
+        while !app.lifecycle.isDraining {
+            workers.withLock { $0[thread] = true }
+            pthread_sigmask(SIG_UNBLOCK, &wakeSignalOnly, nil)
+            let accepted = FCGX_Accept_r(request)
+            pthread_sigmask(SIG_BLOCK, &wakeSignalOnly, nil)
+            workers.withLock { $0[thread] = false }
+            guard accepted >= 0 else {
                 if app.lifecycle.isDraining { return }
                 // EMFILE and friends: back off instead of spinning.
                 usleep(50_000)

@@ -249,11 +249,18 @@ public final class SQLiteStore: Store {
         ).first
     }
 
-    public func replaceItem(conversationID: Int64, itemID: String, item: JSON) throws {
-        try write {
-            try db.run(
-                "UPDATE messages SET item = ? WHERE conversation_id = ? AND public_id = ?",
+    public func completeClientToolCall(conversationID: Int64, itemID: String, item: JSON, result: ConversationEntry) throws -> Bool {
+        let now = Self.now()
+        return try write {
+            let changed = try db.run(
+                """
+                UPDATE messages SET item = ?
+                WHERE conversation_id = ? AND public_id = ? AND json_extract(item, '$.status') = 'pending'
+                """,
                 [.text(item.serialized), .integer(conversationID), .text(itemID)])
+            guard changed == 1 else { return false }
+            try insert([result], into: conversationID, at: now)
+            return true
         }
     }
 

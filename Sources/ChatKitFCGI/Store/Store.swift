@@ -25,7 +25,10 @@ public protocol Store: AnyObject {
     func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry?
     /// The newest row ChatKit can see.
     func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry?
-    func replaceItem(conversationID: Int64, itemID: String, item: JSON) throws
+    /// Marks a pending client tool call completed (its new item body) and stores the client's
+    /// result for the model, in one write. False when the call was no longer pending, so two
+    /// answers to one call can never both land.
+    func completeClientToolCall(conversationID: Int64, itemID: String, item: JSON, result: ConversationEntry) throws -> Bool
     /// Removes every row stored after `itemID` (hidden ones too), as a retry does.
     func deleteEntries(conversationID: Int64, after itemID: String) throws
     /// Returns how many of `itemIDs` belong to the conversation and were marked.

@@ -191,6 +191,7 @@ struct ChatKitEndpoint {
             throw APIError.notFound("item not found")
         }
         guard entry.message.role == .user else { throw APIError.badRequest("only a user message can be answered again") }
+        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
         try store.deleteEntries(conversationID: found.id, after: itemID)
         let sse = SSEWriter(writer: writer)
         sse.start()
@@ -200,15 +201,17 @@ struct ChatKitEndpoint {
     private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let found = try conversation(params)
         guard let result = params["result"] else { throw APIError.invalidBody("params.result is required") }
+        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
         guard let latest = try store.latestVisibleEntry(conversationID: found.id),
             let body = latest.item, body["type"] == "client_tool_call", body["status"] == "pending",
             let callID = body["call_id"]?.stringValue, let name = body["name"]?.stringValue
         else { throw APIError.badRequest("there is no pending client tool call in this thread") }
         let call = ToolCall(id: callID, name: name, arguments: body["arguments"]?.serialized ?? "{}")
-        try store.append([ConversationEntry(ChatMessage(role: .tool, content: result.serialized, toolCallID: callID))],
-                         to: found.id)
-        try store.replaceItem(conversationID: found.id, itemID: latest.itemID,
-                              item: ChatKitStream.clientToolCallBody(call, status: "completed", output: result))
+        let completed = try store.completeClientToolCall(
+            conversationID: found.id, itemID: latest.itemID,
+            item: ChatKitStream.clientToolCallBody(call, status: "completed", output: result),
+            result: ConversationEntry(ChatMessage(role: .tool, content: result.serialized, toolCallID: callID)))
+        guard completed else { throw APIError.badRequest("this client tool call was already answered") }
         let sse = SSEWriter(writer: writer)
         sse.start()
         try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: nil)
