@@ -124,3 +124,26 @@ def test_http_level_rules(stack, client):
     assert client.post(url, content=b"{" + b" " * 1_500_000 + b"}", headers={**token, "Content-Type": "application/json"}).status_code == 413
     assert client.post(url, json=ping, headers={**token, "Origin": "https://evil.example"}).status_code == 403
     assert stack.row_counts() == before
+
+
+def test_allowed_browser_origins_get_cors():
+    from harness import Stack
+    stack = Stack(extra_env={"CHATKIT_MCP_ALLOWED_ORIGINS": "https://app.example"})
+    try:
+        url = f"{stack.base_url}/api/mcp"
+        allowed, other = {"Origin": "https://app.example"}, {"Origin": "https://evil.example"}
+        preflight = httpx.options(url, headers={**allowed, "Access-Control-Request-Method": "POST",
+                                                "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "Authorization" in preflight.headers["access-control-allow-headers"]
+        assert httpx.options(url, headers=other).status_code == 403
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        challenge = httpx.post(url, json=ping, headers=allowed)
+        assert challenge.status_code == 401 and challenge.headers["access-control-allow-origin"] == "https://app.example"
+        token = {"Authorization": f"Bearer {hs256_token('cors')}"}
+        answer = httpx.post(url, json=ping, headers={**allowed, **token})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert httpx.post(url, json=ping, headers={**other, **token}).status_code == 403
+    finally:
+        stack.stop()

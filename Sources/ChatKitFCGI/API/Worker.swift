@@ -56,7 +56,8 @@ public final class Worker {
                     sse.done()
                 }
             } else {
-                apiError.write(to: writer)
+                // A browser may only read the error (a 401 challenge, say) with CORS headers.
+                apiError.write(to: writer, headers: MCPEndpoint.corsHeaders(for: request, config: app.config))
             }
         }
         return log
@@ -73,6 +74,8 @@ public final class Worker {
             try require("POST", request)
             let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
             try ChatKitEndpoint(worker: self, user: user.subject).handle(request, writer: writer, log: &log)
+        case "/api/mcp" where request.method == "OPTIONS" && request.headers["origin"] != nil:
+            try MCPEndpoint(worker: self).preflight(request, writer: writer)
         case "/api/mcp":
             try require("POST", request)
             try MCPEndpoint(worker: self).handle(request, writer: writer)

@@ -22,7 +22,26 @@ struct MCPEndpoint {
         let reply = MCPServer(toolbox: worker.app.toolbox).respond(
             to: request.body, protocolVersionHeader: request.headers["mcp-protocol-version"]
         ) { ToolContext(userID: user.subject, store: try worker.store()) }
-        writer.writeJSON(status: reply.status, reply.body)
+        writer.writeJSON(status: reply.status, reply.body, headers: Self.corsHeaders(for: request, config: config))
+    }
+
+    /// A browser asks before it sends `Authorization` cross-origin.
+    func preflight(_ request: HTTPRequest, writer: ResponseWriter) throws {
+        let headers = Self.corsHeaders(for: request, config: worker.app.config)
+        guard !headers.isEmpty else { throw APIError.forbidden("origin \(request.headers["origin"] ?? "") is not allowed") }
+        writer.writeJSON(status: 204, nil, headers: headers + [
+            ("Access-Control-Allow-Methods", "POST"),
+            ("Access-Control-Allow-Headers", "Authorization, Content-Type, MCP-Protocol-Version, Mcp-Session-Id"),
+            ("Access-Control-Max-Age", "600"),
+        ])
+    }
+
+    /// CORS for the origins an operator allowed on /api/mcp; nothing for anyone else.
+    static func corsHeaders(for request: HTTPRequest, config: Config) -> [(String, String)] {
+        guard request.path == "/api/mcp", let origin = request.headers["origin"], config.mcpAllowedOrigins.contains(origin)
+        else { return [] }
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                ("Access-Control-Expose-Headers", "WWW-Authenticate")]
     }
 
     /// RFC 9728: what this resource is and which authorization server issues its tokens.
