@@ -59,7 +59,6 @@ public enum ChatKitCommand {
         }
         let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
         try SQLiteStore(database: database).migrate()
-        try database.startCheckpointing()
         raiseOpenFileLimit()
         let app = Application(config: config, verifier: Application.verifier(for: config), database: database)
         do {
@@ -69,13 +68,14 @@ public enum ChatKitCommand {
             Log.warning("\(error)")
         }
 
-        // Block the stop signals before any thread exists, so only `sigwait` below sees them
+        // Block the stop signals before any other thread exists, so only `sigwait` below sees them
         // (libfcgi's own SIGTERM handler would otherwise just set a flag).
         var stopSignals = sigset_t()
         sigemptyset(&stopSignals)
         sigaddset(&stopSignals, SIGTERM)
         sigaddset(&stopSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        try database.startCheckpointing()
         signal(SIGPIPE, SIG_IGN)
         FastCGIServer.installWakeSignalHandler()
         Curl.globalInit()
