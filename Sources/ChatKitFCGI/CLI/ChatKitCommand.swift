@@ -60,6 +60,7 @@ public enum ChatKitCommand {
         let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
         try SQLiteStore(database: database).migrate()
         raiseOpenFileLimit()
+        Curl.globalInit()
         let app = Application(config: config, verifier: Application.verifier(for: config), database: database)
         do {
             try app.verifier.preloadKeys()
@@ -78,7 +79,6 @@ public enum ChatKitCommand {
         try database.startCheckpointing()
         signal(SIGPIPE, SIG_IGN)
         FastCGIServer.installWakeSignalHandler()
-        Curl.globalInit()
         guard FCGX_Init() == 0 else { throw ServeError("FCGX_Init failed") }
 
         let (listenFD, origin) = try ListenSocket.acquire(
