@@ -89,11 +89,6 @@ public struct JSONWebKeySet: Sendable {
     public let keys: [JSONWebKey]
     public let skipped: [String]
 
-    public init(keys: [JSONWebKey]) {
-        self.keys = keys
-        skipped = []
-    }
-
     public init(document: [UInt8]) throws(AuthError) {
         guard let json = try? JSON.parse(document), let entries = json["keys"]?.arrayValue else {
             throw AuthError.keySetUnavailable("JWKS is not a JSON object with a keys array")

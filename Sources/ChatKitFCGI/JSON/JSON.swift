@@ -67,8 +67,6 @@ public enum JSON: Equatable, Sendable {
         return nil
     }
 
-    public var isNull: Bool { self == .null }
-
     /// The name JSON Schema and error messages use for this value's type.
     public var typeName: String {
         switch self {

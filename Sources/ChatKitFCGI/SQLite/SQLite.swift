@@ -8,7 +8,6 @@ public struct SQLiteError: Error, CustomStringConvertible {
     public let sql: String?
 
     public var description: String { "SQLite error \(code): \(message)" + (sql.map { " in \($0)" } ?? "") }
-    public var isConstraintViolation: Bool { code & 0xFF == SQLITE_CONSTRAINT }
 }
 
 public enum SQLValue: Equatable, Sendable {
@@ -172,5 +171,4 @@ public struct SQLiteRow {
         return String(decoding: UnsafeBufferPointer(start: bytes, count: count), as: UTF8.self)
     }
 
-    public func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
 }

@@ -288,16 +288,6 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// For tests and operators: the stored feedback of one item.
-    public func feedback(conversationID: Int64, itemID: String) throws -> String? {
-        try db.query(
-            """
-            SELECT f.kind FROM feedback f JOIN messages m ON m.id = f.message_id
-            WHERE m.conversation_id = ? AND m.public_id = ?
-            """,
-            [.integer(conversationID), .text(itemID)]
-        ) { $0.text(0) }.first ?? nil
-    }
 
     private static func encode(_ calls: [ToolCall]) -> String? {
         guard !calls.isEmpty else { return nil }
