@@ -288,7 +288,6 @@ public final class SQLiteStore: Store {
         }
     }
 
-
     private static func encode(_ calls: [ToolCall]) -> String? {
         guard !calls.isEmpty else { return nil }
         return JSON.array(calls.map { ["id": .string($0.id), "name": .string($0.name), "arguments": .string($0.arguments)] })
