@@ -185,7 +185,7 @@ struct ChatCompletions: Sendable {
         }
 
         switch plan.ending {
-        case .normal:
+        case .normal, .linger:
             add(chunk(context, delta: [:], finishReason: finishReason))
             if includeUsage {
                 add([
@@ -210,7 +210,7 @@ struct ChatCompletions: Sendable {
                         connection: ClientConnection, keepAlive requestedKeepAlive: Bool) -> Bool {
         // HTTP/1.0 clients cannot take chunked encoding: stream raw and close.
         let chunked = request.isHTTP11
-        let keepAlive = requestedKeepAlive && chunked && plan.ending != .truncate
+        let keepAlive = requestedKeepAlive && chunked && plan.ending != .truncate && plan.ending != .linger
         var head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         if chunked { head += "Transfer-Encoding: chunked\r\n" }
         head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
@@ -236,7 +236,8 @@ struct ChatCompletions: Sendable {
             if ok && plan.crlf && sent < records.count { ok = send(keepaliveComment) }
         }
         let allRecordsSent = sent == records.count
-        if ok && chunked && plan.ending != .truncate {
+        if ok && plan.ending == .linger { _ = connection.waitUnlessClosed(milliseconds: 3_000) }
+        if ok && chunked && plan.ending != .truncate && plan.ending != .linger {
             ok = connection.write(Array("0\r\n\r\n".utf8))
         }
         // Only a failure before the last record ([DONE]) counts as a cancellation;

@@ -36,6 +36,8 @@ enum StreamEnding: Sendable {
     case midstreamError
     /// just close the socket (no finish chunk, no `[DONE]`).
     case truncate
+    /// everything up to `[DONE]`, then silence for 3 s before hanging up without ending the body.
+    case linger
 }
 
 struct MockPlan: Sendable {
@@ -120,6 +122,10 @@ enum Script {
             return MockPlan(answer: .text(["partial ", "answer "]), ending: .midstreamError)
         case "truncate":
             return MockPlan(answer: .text(["partial ", "answer "]), ending: .truncate)
+        case "linger":
+            var plan = textPlan("complete answer")
+            plan.ending = .linger
+            return plan
         case "crlf":
             var plan = textPlan("crlf works")
             plan.crlf = true

@@ -117,3 +117,37 @@ import Testing
         }
     }
 }
+
+@Suite struct ClientToolCompletionTests {
+    @Test func aPendingCallIsCompletedOnceEvenIfAnsweredTwice() throws {
+        let database = TemporaryDatabase()
+        let store = try database.store()
+        let call = ToolCall(id: "call_1", name: "get_selection", arguments: "{}")
+        let conversation = try store.createConversation(userID: "u", title: "")
+        // As the ChatKit stream stores it: the call for the model, then its item for the UI.
+        try store.append([ConversationEntry(ChatMessage(role: .assistant, content: nil, toolCalls: [call])),
+                          ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: "tc_1", audience: .client,
+                                            item: ChatKitStream.clientToolCallBody(call, status: "pending", output: nil))],
+                         to: conversation.id)
+        func answer() throws -> Bool {
+            try store.completeClientToolCall(
+                conversationID: conversation.id, itemID: "tc_1",
+                item: ChatKitStream.clientToolCallBody(call, status: "completed", output: ["n": 1]),
+                result: ConversationEntry(ChatMessage(role: .tool, content: #"{"n":1}"#, toolCallID: "call_1")))
+        }
+        #expect(try answer())
+        #expect(try !answer())
+        let results = try store.recentMessages(conversationID: conversation.id, limit: 10).filter { $0.role == .tool }
+        #expect(results.count == 1)
+        #expect(try store.entry(conversationID: conversation.id, itemID: "tc_1")?.item?["status"] == "completed")
+    }
+}
+
+@Suite struct LogTests {
+    @Test func aLogLineIsOneLineAndBounded() {
+        let line = Log.line("info", "forged\r\nchatkit-fcgi error: fake\u{1B}[2J" + String(repeating: "x", count: 5000))
+        #expect(line.last == 0x0A)
+        #expect(line.dropLast().allSatisfy { $0 >= 0x20 && $0 != 0x7F })
+        #expect(line.count <= Log.maximumLineBytes + 64)
+    }
+}

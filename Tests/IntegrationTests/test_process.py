@@ -258,3 +258,19 @@ def test_a_draining_responder_leaves_new_connections_to_the_next_instance():
         assert results["second"][0] != "Status: 503 Service Unavailable"
     finally:
         stack.stop()
+
+
+def test_a_complete_answer_survives_a_server_that_hangs_on_after_done():
+    """The model sends [DONE] but keeps the body open past the stall timeout: the answer is
+    complete, so it is an answer, not an upstream error."""
+    stack = Stack(with_nginx=False, extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "1"})
+    try:
+        status, _, lines = cgi_request(stack.socket, "linger", hs256_token("l"))
+        records = [line[len("data: "):] for _, line in lines]
+        assert status == "Status: 200 OK" and records[-1] == "[DONE]"
+        assert not any('"type":"error"' in record for record in records)
+        with stack.db() as db:
+            stored = db.execute("SELECT content FROM messages WHERE role = 'assistant'").fetchone()[0]
+        assert stored == "complete answer"
+    finally:
+        stack.stop()

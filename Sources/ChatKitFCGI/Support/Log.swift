@@ -10,10 +10,15 @@ public enum Log {
     static let maximumLineBytes = 2048
 
     private static func write(_ level: String, _ message: String) {
+        let bytes = line(level, message)
+        bytes.withUnsafeBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
+    static func line(_ level: String, _ message: String) -> [UInt8] {
         var line = Array("chatkit-fcgi \(level): ".utf8)
         // One event per line: control characters (CR, LF, ESC, ...) must not forge or hide lines.
         line.append(contentsOf: message.utf8.prefix(maximumLineBytes).map { $0 < 0x20 || $0 == 0x7F ? 0x20 : $0 })
         line.append(0x0A)
-        line.withUnsafeBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+        return line
     }
 }
