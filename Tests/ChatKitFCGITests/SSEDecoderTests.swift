@@ -17,7 +17,7 @@ import Testing
 
     private let expected = [
         SSEEvent(event: nil, data: "{\"a\":\"é😀\"}", id: nil, retry: nil),
-        SSEEvent(event: "note", data: "line one\nline two", id: nil, retry: nil),
+        SSEEvent(event: "note", data: "line one\nline two", id: nil, retry: nil, spansLines: true),
         SSEEvent(event: nil, data: "no-space", id: "7", retry: nil),
         SSEEvent(event: nil, data: "[DONE]", id: "7", retry: nil),
     ]

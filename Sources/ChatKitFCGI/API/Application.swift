@@ -8,8 +8,6 @@ public final class Application: Sendable {
     public let toolbox: Toolbox
     public let lifecycle = Lifecycle()
     public let database: SQLiteDatabase
-    /// Tools the browser runs (ChatKit only); the model is offered them beside the task tools.
-    public var clientTools: [ClientTool] { config.clientTools }
 
     public init(config: Config, verifier: JWTVerifier, database: SQLiteDatabase, toolbox: Toolbox = TaskTools.toolbox) {
         self.config = config

@@ -124,8 +124,7 @@ final class ChatStream: AgentObserver {
 
     func idle() -> Bool {
         if worker.app.lifecycle.graceExpired { return false }
-        let interval = Double(worker.app.config.keepaliveSeconds) * 1000
-        if Clock.monotonicMilliseconds() - sse.lastWriteMilliseconds >= interval {
+        if sse.isQuiet(for: worker.app.config.keepaliveSeconds) {
             startIfNeeded()
             return sse.keepalive()
         }

@@ -34,6 +34,7 @@ public final class JWKSource: Sendable {
     @discardableResult
     public func load() throws(AuthError) -> JSONWebKeySet {
         let keySet = try JSONWebKeySet(document: try fetch())
+        for reason in keySet.skipped { Log.warning("JWKS key skipped: \(reason)") }
         let now = clock()
         state.withLock {
             $0.keySet = keySet

@@ -25,7 +25,6 @@ final class FastCGIExchange: ResponseWriter {
     func readRequest(maxBodyBytes: Int) -> Result<HTTPRequest, APIError> {
         let method = param("REQUEST_METHOD") ?? "GET"
         let rawURI = param("REQUEST_URI") ?? ""
-        let query = param("QUERY_STRING") ?? String(rawURI.split(separator: "?", maxSplits: 1).dropFirst().first ?? "")
         let path = param("DOCUMENT_URI")
             ?? param("SCRIPT_NAME").map { $0 + (param("PATH_INFO") ?? "") }
             ?? String(rawURI.split(separator: "?", maxSplits: 1).first ?? "/")
@@ -41,7 +40,7 @@ final class FastCGIExchange: ResponseWriter {
             cursor = cursor?.advanced(by: 1)
         }
         var httpRequest = HTTPRequest(
-            method: method, path: path.isEmpty ? "/" : path, query: query,
+            method: method, path: path.isEmpty ? "/" : path,
             contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
         if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
 

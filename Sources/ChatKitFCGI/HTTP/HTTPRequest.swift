@@ -1,9 +1,8 @@
 /// A request as the core sees it, independent of FastCGI.
 public struct HTTPRequest: Sendable {
     public var method: String
-    /// Decoded path without the query string.
+    /// Decoded path without the query string (no endpoint takes query parameters).
     public var path: String
-    public var query: String
     /// `http` or `https`, as nginx saw the request.
     public var scheme = "http"
     public var contentType: String?
@@ -11,11 +10,10 @@ public struct HTTPRequest: Sendable {
     public var headers: [String: String]
     public var body: [UInt8]
 
-    public init(method: String, path: String, query: String = "", contentType: String? = nil,
+    public init(method: String, path: String, contentType: String? = nil,
                 headers: [String: String] = [:], body: [UInt8] = []) {
         self.method = method
         self.path = path
-        self.query = query
         self.contentType = contentType
         self.headers = headers
         self.body = body

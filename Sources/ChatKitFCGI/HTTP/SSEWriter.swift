@@ -4,7 +4,7 @@ public final class SSEWriter {
     private let writer: ResponseWriter
     private var buffer: [UInt8] = []
     public private(set) var clientGone = false
-    public private(set) var lastWriteMilliseconds = Clock.monotonicMilliseconds()
+    private var lastWriteMilliseconds = Clock.monotonicMilliseconds()
 
     public init(writer: ResponseWriter) {
         self.writer = writer
@@ -41,6 +41,11 @@ public final class SSEWriter {
         json.write(to: &buffer)
         buffer.append(contentsOf: "\n\n".utf8)
         return flush()
+    }
+
+    /// True when nothing was written for `seconds`: time for a keepalive.
+    public func isQuiet(for seconds: Int) -> Bool {
+        Clock.monotonicMilliseconds() - lastWriteMilliseconds >= Double(seconds) * 1000
     }
 
     /// A comment record: ignored by clients, but it keeps nginx and proxies from timing out.

@@ -140,7 +140,7 @@ public final class ModelClient: ChatModel {
                 if let reason = chunk.finishReason { turn.finishReason = reason }
                 if let usage = chunk.usage { turn.usage = usage }
                 // A payload spread over several data lines is re-encoded onto one line for our client.
-                let payload = event.data.utf8.contains(0x0A) ? json.serialized : event.data
+                let payload = event.spansLines ? json.serialized : event.data
                 if !observer.modelChunk(payload: payload, parsed: chunk) {
                     failure = .cancelled
                     return false

@@ -4,6 +4,8 @@ public struct SSEEvent: Equatable, Sendable {
     public var data: String
     public var id: String?
     public var retry: Int?
+    /// More than one `data:` line, so `data` holds line feeds.
+    public var spansLines = false
 }
 
 /// Incremental decoder following the WHATWG event-stream algorithm: bytes may arrive in any
@@ -18,6 +20,7 @@ public struct SSEDecoder {
     private var event: String?
     private var data: [UInt8] = []
     private var hasData = false
+    private var dataSpansLines = false
     private var id: String?
     private var retry: Int?
 
@@ -61,10 +64,12 @@ public struct SSEDecoder {
         if line.isEmpty {
             // Per WHATWG an event without data lines is dropped, not dispatched empty.
             guard hasData else { event = nil; retry = nil; return }
-            let dispatched = SSEEvent(event: event, data: String(decoding: data, as: UTF8.self), id: id, retry: retry)
+            let dispatched = SSEEvent(event: event, data: String(decoding: data, as: UTF8.self), id: id, retry: retry,
+                                      spansLines: dataSpansLines)
             event = nil
             data.removeAll(keepingCapacity: true)
             hasData = false
+            dataSpansLines = false
             retry = nil
             try dispatch(dispatched)
             return
@@ -77,7 +82,10 @@ public struct SSEDecoder {
         let value = line[valueStart...]
         switch String(decoding: name, as: UTF8.self) {
         case "data":
-            if hasData { data.append(0x0A) }
+            if hasData {
+                data.append(0x0A)
+                dataSpansLines = true
+            }
             data.append(contentsOf: value)
             hasData = true
         case "event":

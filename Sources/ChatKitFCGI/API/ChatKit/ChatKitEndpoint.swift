@@ -231,7 +231,7 @@ struct ChatKitEndpoint {
         sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
         let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
         let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
-        let agent = worker.agent(clientTools: worker.app.clientTools)
+        let agent = worker.agent(clientTools: worker.app.config.clientTools)
         let summary = try agent.run(history: history, context: ToolContext(userID: user, store: store), observer: stream,
                                     record: stream.record)
         log.rounds = summary.rounds

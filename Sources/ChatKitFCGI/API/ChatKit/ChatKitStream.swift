@@ -123,8 +123,7 @@ final class ChatKitStream: AgentObserver {
 
     func idle() -> Bool {
         if app.lifecycle.graceExpired { return false }
-        let interval = Double(app.config.keepaliveSeconds) * 1000
-        if Clock.monotonicMilliseconds() - sse.lastWriteMilliseconds >= interval { return sse.keepalive() }
+        if sse.isQuiet(for: app.config.keepaliveSeconds) { return sse.keepalive() }
         return !sse.clientGone
     }
 
@@ -157,7 +156,7 @@ final class ChatKitStream: AgentObserver {
                     doneEvents.append(shown)
                 }
                 entries.append(ConversationEntry(message, audience: .model))
-                if let call = message.toolCalls.first(where: { call in app.clientTools.contains { $0.name == call.name } }) {
+                if let call = message.toolCalls.first(where: { call in app.config.clientTools.contains { $0.name == call.name } }) {
                     clientCallItem = ConversationEntry(
                         ChatMessage(role: .assistant, content: nil), itemID: PublicID.make("tc"), audience: .client,
                         item: Self.clientToolCallBody(call, status: "pending", output: nil))
