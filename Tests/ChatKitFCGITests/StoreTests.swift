@@ -1,4 +1,5 @@
 @testable import ChatKitFCGI
+import Glibc
 import Testing
 
 @Suite struct SQLiteStoreTests {
@@ -60,5 +61,38 @@ import Testing
         let window = try store.recentMessages(conversationID: conversation.id, limit: 4)
         #expect(window.map(\.role) == [.assistant, .user])
         #expect(try store.recentMessages(conversationID: conversation.id, limit: 5).first?.toolCalls.count == 2)
+    }
+}
+
+@Suite struct WALCheckpointTests {
+    /// Hands a connection to the thread that ends its read transaction.
+    final class Reader: @unchecked Sendable {
+        let connection: SQLiteConnection
+        init(_ connection: SQLiteConnection) { self.connection = connection }
+    }
+
+    @Test func aCheckpointLetsTheNextCommitStartTheWALOver() throws {
+        let file = TemporaryDatabase()
+        let database = SQLiteDatabase(path: file.path, checkpointsInBackground: true)
+        let writer = try SQLiteConnection(path: file.path)
+        try writer.execute("CREATE TABLE t (x INTEGER)")
+        for value in 0..<100 { try writer.run("INSERT INTO t VALUES (?)", [.integer(Int64(value))]) }
+        // A reader inside its snapshot while one more commit lands: the state a busy server is
+        // always in, where a PASSIVE checkpoint cannot copy the newest frame.
+        let reader = Reader(try SQLiteConnection(path: file.path))
+        try reader.connection.execute("BEGIN")
+        #expect(try reader.connection.query("SELECT count(*) FROM t") { $0.integer(0) } == [100])
+        try writer.run("INSERT INTO t VALUES (100)")
+        DetachedThread.start(stackBytes: 256 << 10) {
+            usleep(50_000)
+            try? reader.connection.execute("COMMIT")
+        }
+
+        try WALCheckpointer(database: database, restartFrames: 50).checkpoint()
+        try writer.run("INSERT INTO t VALUES (101)")
+
+        let observer = try SQLiteConnection(path: file.path)
+        #expect(try observer.checkpoint(.passive).walFrames <= 2, "the commit after the checkpoint appended to the old WAL")
+        #expect(try observer.query("SELECT count(*) FROM t") { $0.integer(0) } == [102])
     }
 }

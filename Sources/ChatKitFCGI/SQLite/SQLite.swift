@@ -42,6 +42,8 @@ public final class SQLiteConnection {
         try execute("PRAGMA journal_mode = WAL")
         try execute("PRAGMA synchronous = NORMAL")
         try execute("PRAGMA foreign_keys = ON")
+        // A WAL that once grew (a long reader held it) shrinks back when it next starts over.
+        try execute("PRAGMA journal_size_limit = \(64 << 20)")
     }
 
     deinit {
@@ -93,6 +95,26 @@ public final class SQLiteConnection {
     }
 
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    public enum CheckpointMode {
+        /// Copies what no reader still needs; never waits.
+        case passive
+        /// Copies everything, then waits (busy handler) until no reader uses the WAL, so the
+        /// next writer starts it again from the beginning instead of appending.
+        case restart
+    }
+
+    /// Copies WAL frames into the database file. Returns the frames in the WAL and how many of
+    /// them are now in the database file.
+    @discardableResult
+    public func checkpoint(_ mode: CheckpointMode) throws(SQLiteError) -> (walFrames: Int, copiedFrames: Int) {
+        var walFrames: Int32 = 0
+        var copiedFrames: Int32 = 0
+        let status = sqlite3_wal_checkpoint_v2(
+            handle, nil, mode == .passive ? SQLITE_CHECKPOINT_PASSIVE : SQLITE_CHECKPOINT_RESTART, &walFrames, &copiedFrames)
+        guard status == SQLITE_OK else { throw SQLiteError(code: status, message: lastErrorMessage, sql: nil) }
+        return (Int(walFrames), Int(copiedFrames))
+    }
 
     /// `BEGIN IMMEDIATE` takes the write lock up front, so concurrent writers wait on the busy
     /// timeout instead of failing halfway with SQLITE_BUSY.

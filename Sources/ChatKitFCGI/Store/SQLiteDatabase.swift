@@ -34,29 +34,49 @@ public final class SQLiteDatabase: @unchecked Sendable {
         return try body()
     }
 
-    /// A PASSIVE checkpoint every `interval`: it never blocks readers or writers.
+    /// Checkpoints on a thread of their own, every `interval`.
     public func startCheckpointing(intervalMicroseconds: UInt32 = 250_000) throws {
         precondition(checkpointsInBackground, "only a database opened for background checkpoints")
-        let connection = CheckpointConnection(try SQLiteConnection(path: path))
+        let checkpointer = try WALCheckpointer(database: self)
         let started = DetachedThread.start(stackBytes: 256 << 10) {
             while true {
                 usleep(intervalMicroseconds)
-                connection.checkpoint()
+                checkpointer.checkpoint()
             }
         }
         precondition(started, "could not start the checkpoint thread")
     }
 }
 
-/// `@unchecked Sendable`: handed to the checkpoint thread at start and used only there.
-private final class CheckpointConnection: @unchecked Sendable {
+/// Copies the WAL back into the database file and keeps the WAL from growing without end.
+///
+/// A PASSIVE checkpoint never blocks anyone, but alone it lets the WAL grow for as long as
+/// writes go on (measured: 800 MB in 40 s at 256 streams, every new page zeroed by the file
+/// system): SQLite starts the WAL over only when a writer finds every frame copied back and no
+/// reader in it, and with a commit every few hundred microseconds a new frame always arrives
+/// while a checkpoint syncs. So once the WAL holds `restartFrames`, the checkpoint also holds
+/// this process's writers back for a RESTART, which copies the few frames the PASSIVE one
+/// missed, waits out the readers, and lets the next commit reuse the file from its start.
+///
+/// `@unchecked Sendable`: used by one thread at a time (the checkpoint thread, or a test).
+final class WALCheckpointer: @unchecked Sendable {
+    private let database: SQLiteDatabase
     private let connection: SQLiteConnection
+    private let restartFrames: Int
 
-    init(_ connection: SQLiteConnection) { self.connection = connection }
+    init(database: SQLiteDatabase, restartFrames: Int = 1000) throws {
+        self.database = database
+        connection = try SQLiteConnection(path: database.path)
+        self.restartFrames = restartFrames
+    }
 
     func checkpoint() {
         do {
-            try connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            // The bulk of the copying and syncing happens here, while writers go on.
+            let passive = try connection.checkpoint(.passive)
+            if passive.walFrames >= restartFrames {
+                try database.serializingWrites { try connection.checkpoint(.restart) }
+            }
         } catch {
             Log.warning("WAL checkpoint failed: \(error)")
         }
