@@ -73,7 +73,7 @@ import Testing
 
     @Test func aCheckpointLetsTheNextCommitStartTheWALOver() throws {
         let file = TemporaryDatabase()
-        let database = SQLiteDatabase(path: file.path, checkpointsInBackground: true)
+        let database = SQLiteDatabase(path: file.path)
         let writer = try SQLiteConnection(path: file.path)
         try writer.execute("CREATE TABLE t (x INTEGER)")
         for value in 0..<100 { try writer.run("INSERT INTO t VALUES (?)", [.integer(Int64(value))]) }
@@ -94,5 +94,50 @@ import Testing
         let observer = try SQLiteConnection(path: file.path)
         #expect(try observer.checkpoint(.passive).walFrames <= 2, "the commit after the checkpoint appended to the old WAL")
         #expect(try observer.query("SELECT count(*) FROM t") { $0.integer(0) } == [102])
+    }
+}
+
+@Suite struct GroupCommitTests {
+    /// What one writing thread got back.
+    final class Outcome: @unchecked Sendable {
+        var error: (any Error)?
+        let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+        init() { sem_init(done, 0, 0) }
+        deinit { sem_destroy(done); done.deallocate() }
+    }
+
+    final class Shared: @unchecked Sendable {
+        let writer: SQLiteWriter
+        init(_ writer: SQLiteWriter) { self.writer = writer }
+    }
+
+    @Test func writesCommittedTogetherFailAlone() throws {
+        let file = TemporaryDatabase()
+        let setup = try SQLiteConnection(path: file.path)
+        try setup.execute("CREATE TABLE t (name TEXT NOT NULL CHECK (name != 'bad'))")
+        let shared = Shared(try SQLiteWriter(database: SQLiteDatabase(path: file.path)))
+        // Three writes queue up while no writer thread runs, so they go out as one batch; the
+        // second one stores a row and then breaks a constraint.
+        let writes: [[String]] = [["a"], ["b1", "bad"], ["c"]]
+        let outcomes = writes.map { _ in Outcome() }
+        for (names, outcome) in zip(writes, outcomes) {
+            DetachedThread.start(stackBytes: 512 << 10) {
+                do {
+                    try shared.writer.perform { db in
+                        for name in names { try db.run("INSERT INTO t VALUES (?)", [.text(name)]) }
+                    }
+                } catch {
+                    outcome.error = error
+                }
+                sem_post(outcome.done)
+            }
+        }
+        while shared.writer.waitingWrites < 3 { usleep(1000) }
+        shared.writer.commitWaitingWrites()
+        for outcome in outcomes { sem_wait(outcome.done) }
+
+        #expect(outcomes[0].error == nil && outcomes[2].error == nil)
+        #expect(String(describing: outcomes[1].error ?? SQLiteError.transactionRolledBack).contains("CHECK constraint failed"))
+        #expect(try setup.query("SELECT name FROM t ORDER BY name") { $0.text(0) } == ["a", "c"])
     }
 }

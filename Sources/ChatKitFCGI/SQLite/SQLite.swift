@@ -7,6 +7,10 @@ public struct SQLiteError: Error, CustomStringConvertible {
     public let message: String
     public let sql: String?
 
+    /// What a write is told when SQLite rolled its transaction back because of another write.
+    static let transactionRolledBack = SQLiteError(
+        code: SQLITE_ABORT, message: "a write failed and SQLite rolled back its transaction", sql: nil)
+
     public var description: String { "SQLite error \(code): \(message)" + (sql.map { " in \($0)" } ?? "") }
 }
 
@@ -119,13 +123,30 @@ public final class SQLiteConnection {
     /// `BEGIN IMMEDIATE` takes the write lock up front, so concurrent writers wait on the busy
     /// timeout instead of failing halfway with SQLITE_BUSY.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
-        try execute("BEGIN IMMEDIATE")
+        try run("BEGIN IMMEDIATE")
         do {
             let result = try body()
-            try execute("COMMIT")
+            try run("COMMIT")
             return result
         } catch {
-            try? execute("ROLLBACK")
+            _ = try? run("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// False once SQLite has rolled a transaction back on its own (after an I/O error, say).
+    public var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
+
+    /// Inside a transaction: if `body` throws, only what it changed is undone.
+    public func savepoint<T>(_ body: () throws -> T) throws -> T {
+        try run("SAVEPOINT one_write")
+        do {
+            let result = try body()
+            try run("RELEASE one_write")
+            return result
+        } catch {
+            _ = try? run("ROLLBACK TO one_write")
+            _ = try? run("RELEASE one_write")
             throw error
         }
     }

@@ -6,17 +6,17 @@ public final class SQLiteStore: Store {
     public init(database: SQLiteDatabase) throws {
         self.database = database
         db = try SQLiteConnection(path: database.path)
-        if database.checkpointsInBackground { try db.execute("PRAGMA wal_autocheckpoint = 0") }
     }
 
     public convenience init(path: String) throws {
         try self.init(database: SQLiteDatabase(path: path))
     }
 
-    /// Every write: one writer at a time in this process, one transaction.
+    /// Every write is one transaction on the connection `body` is given: in `serve` the writer
+    /// thread's (committed together with other requests' writes), else this store's own.
     @discardableResult
-    private func write<T>(_ body: () throws -> T) throws -> T {
-        try database.serializingWrites { try db.transaction(body) }
+    private func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
+        try database.write(inline: db, body)
     }
 
     /// Versioned schema steps; `PRAGMA user_version` records how many have run.
@@ -72,14 +72,16 @@ public final class SQLiteStore: Store {
         """,
     ]
 
-    public var schemaVersion: Int {
+    public var schemaVersion: Int { Self.schemaVersion(of: db) }
+
+    private static func schemaVersion(of db: SQLiteConnection) -> Int {
         (try? db.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
     }
 
     public func migrate() throws {
-        try write {
+        try write { db in
             // Re-read inside the write lock: another responder may have migrated meanwhile.
-            let current = schemaVersion
+            let current = Self.schemaVersion(of: db)
             guard current <= Self.migrations.count else {
                 throw SQLiteError(code: 1, message: "database schema \(current) is newer than this binary", sql: nil)
             }
@@ -103,12 +105,12 @@ public final class SQLiteStore: Store {
     public func createConversation(userID: String, title: String, first: [ConversationEntry]) throws -> Conversation {
         let now = Self.now()
         let publicID = PublicID.make("thr")
-        let id = try write {
+        let id = try write { db in
             try db.run(
                 "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                 [.text(publicID), .text(userID), .text(title), .integer(now), .integer(now)])
             let id = db.lastInsertRowID
-            try insert(first, into: id, at: now)
+            try insert(first, into: id, at: now, in: db)
             return id
         }
         return Conversation(id: id, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
@@ -148,7 +150,7 @@ public final class SQLiteStore: Store {
     }
 
     public func rename(conversationID: Int64, title: String) throws {
-        try write {
+        try write { db in
             try db.run(
                 "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
                 [.text(title), .integer(Self.now()), .integer(conversationID)])
@@ -156,7 +158,7 @@ public final class SQLiteStore: Store {
     }
 
     public func delete(conversationID: Int64) throws {
-        try write { try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)]) }
+        try write { db in try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)]) }
     }
 
     // MARK: Messages
@@ -164,13 +166,13 @@ public final class SQLiteStore: Store {
     public func append(_ entries: [ConversationEntry], to conversationID: Int64) throws {
         guard !entries.isEmpty else { return }
         let now = Self.now()
-        try write {
-            try insert(entries, into: conversationID, at: now)
+        try write { db in
+            try insert(entries, into: conversationID, at: now, in: db)
             try db.run("UPDATE conversations SET updated_at = ? WHERE id = ?", [.integer(now), .integer(conversationID)])
         }
     }
 
-    private func insert(_ entries: [ConversationEntry], into conversationID: Int64, at now: Int64) throws {
+    private func insert(_ entries: [ConversationEntry], into conversationID: Int64, at now: Int64, in db: SQLiteConnection) throws {
         for entry in entries {
             let message = entry.message
             try db.run(
@@ -211,7 +213,7 @@ public final class SQLiteStore: Store {
     public func entries(conversationID: Int64, limit: Int, after: String?, order: SortOrder) throws -> Page<ConversationEntry>? {
         var cursor: Int64?
         if let after {
-            guard let found = try rowID(conversationID: conversationID, itemID: after) else { return nil }
+            guard let found = try rowID(conversationID: conversationID, itemID: after, in: db) else { return nil }
             cursor = found
         }
         let rows = try db.query(
@@ -226,7 +228,7 @@ public final class SQLiteStore: Store {
         return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
     }
 
-    private func rowID(conversationID: Int64, itemID: String) throws -> Int64? {
+    private func rowID(conversationID: Int64, itemID: String, in db: SQLiteConnection) throws -> Int64? {
         try db.query(
             "SELECT id FROM messages WHERE conversation_id = ? AND public_id = ?", [.integer(conversationID), .text(itemID)]
         ) { $0.integer(0) }.first
@@ -251,7 +253,7 @@ public final class SQLiteStore: Store {
 
     public func completeClientToolCall(conversationID: Int64, itemID: String, item: JSON, result: ConversationEntry) throws -> Bool {
         let now = Self.now()
-        return try write {
+        return try write { db in
             let changed = try db.run(
                 """
                 UPDATE messages SET item = ?
@@ -259,23 +261,23 @@ public final class SQLiteStore: Store {
                 """,
                 [.text(item.serialized), .integer(conversationID), .text(itemID)])
             guard changed == 1 else { return false }
-            try insert([result], into: conversationID, at: now)
+            try insert([result], into: conversationID, at: now, in: db)
             return true
         }
     }
 
     public func deleteEntries(conversationID: Int64, after itemID: String) throws {
-        try write {
-            guard let cursor = try rowID(conversationID: conversationID, itemID: itemID) else { return }
+        try write { db in
+            guard let cursor = try rowID(conversationID: conversationID, itemID: itemID, in: db) else { return }
             try db.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
         }
     }
 
     public func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int {
-        try write {
+        try write { db in
             var marked = 0
             for itemID in itemIDs {
-                guard let row = try rowID(conversationID: conversationID, itemID: itemID) else { continue }
+                guard let row = try rowID(conversationID: conversationID, itemID: itemID, in: db) else { continue }
                 try db.run(
                     """
                     INSERT INTO feedback (message_id, kind, created_at) VALUES (?, ?, ?)
@@ -316,7 +318,7 @@ public final class SQLiteStore: Store {
 
     public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
         let now = Self.now()
-        let id = try write {
+        let id = try write { db in
             try db.run(
                 "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                 [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
@@ -336,7 +338,7 @@ public final class SQLiteStore: Store {
             row: Self.task)
     }
 
-    private func task(id: Int64, userID: String) throws -> TodoTask? {
+    private func task(id: Int64, userID: String, in db: SQLiteConnection) throws -> TodoTask? {
         try db.query(
             "SELECT \(Self.taskColumns) FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)],
             row: Self.task
@@ -344,24 +346,24 @@ public final class SQLiteStore: Store {
     }
 
     public func completeTask(id: Int64, userID: String) throws -> TodoTask? {
-        let changed = try write {
+        let changed = try write { db in
             try db.run(
                 "UPDATE tasks SET completed = 1, updated_at = ? WHERE id = ? AND user_id = ?",
                 [.integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID)
+        return changed == 0 ? nil : try task(id: id, userID: userID, in: db)
     }
 
     public func deleteTask(id: Int64, userID: String) throws -> TodoTask? {
-        try write {
-            guard let existing = try task(id: id, userID: userID) else { return nil }
+        try write { db in
+            guard let existing = try task(id: id, userID: userID, in: db) else { return nil }
             try db.run("DELETE FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)])
             return existing
         }
     }
 
     public func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask? {
-        let changed = try write {
+        let changed = try write { db in
             try db.run(
                 """
                 UPDATE tasks SET title = coalesce(?, title), description = coalesce(?, description), updated_at = ?
@@ -369,7 +371,7 @@ public final class SQLiteStore: Store {
                 """,
                 [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID)
+        return changed == 0 ? nil : try task(id: id, userID: userID, in: db)
     }
 
     private static func now() -> Int64 { Int64(Clock.unixTime() * 1000) }
