@@ -104,40 +104,54 @@ import Testing
         let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
         init() { sem_init(done, 0, 0) }
         deinit { sem_destroy(done); done.deallocate() }
+
+        /// False when the write did not come back within 10 s (a lost hand-over).
+        func wait() -> Bool {
+            var deadline = timespec()
+            clock_gettime(CLOCK_REALTIME, &deadline)
+            deadline.tv_sec += 10
+            return sem_timedwait(done, &deadline) == 0
+        }
     }
 
-    final class Shared: @unchecked Sendable {
-        let writer: SQLiteWriter
-        init(_ writer: SQLiteWriter) { self.writer = writer }
+    /// Each thread writes `names` through its own connection; `before` runs inside the write.
+    static func write(_ names: [String], to database: SQLiteDatabase, before: @escaping @Sendable () -> Void = {}) -> Outcome {
+        let outcome = Outcome()
+        DetachedThread.start(stackBytes: 512 << 10) {
+            do {
+                let connection = try SQLiteConnection(path: database.path)
+                try database.write(on: connection) { db in
+                    before()
+                    for name in names { try db.run("INSERT INTO t VALUES (?)", [.text(name)]) }
+                }
+            } catch {
+                outcome.error = error
+            }
+            sem_post(outcome.done)
+        }
+        return outcome
     }
 
     @Test func writesCommittedTogetherFailAlone() throws {
         let file = TemporaryDatabase()
         let setup = try SQLiteConnection(path: file.path)
         try setup.execute("CREATE TABLE t (name TEXT NOT NULL CHECK (name != 'bad'))")
-        let shared = Shared(try SQLiteWriter(database: SQLiteDatabase(path: file.path)))
-        // Three writes queue up while no writer thread runs, so they go out as one batch; the
-        // second one stores a row and then breaks a constraint.
-        let writes: [[String]] = [["a"], ["b1", "bad"], ["c"]]
-        let outcomes = writes.map { _ in Outcome() }
-        for (names, outcome) in zip(writes, outcomes) {
-            DetachedThread.start(stackBytes: 512 << 10) {
-                do {
-                    try shared.writer.perform { db in
-                        for name in names { try db.run("INSERT INTO t VALUES (?)", [.text(name)]) }
-                    }
-                } catch {
-                    outcome.error = error
-                }
-                sem_post(outcome.done)
-            }
+        let database = SQLiteDatabase(path: file.path)
+        // The first write commits alone and holds the commit until two more writes wait; those
+        // two then go out as one group, committed by one of their own threads. The second one
+        // stores a row and then breaks a constraint.
+        let firstIsCommitting = Outcome()
+        let first = Self.write(["a"], to: database) {
+            sem_post(firstIsCommitting.done)
+            while database.waitingWrites < 2 { usleep(1000) }
         }
-        while shared.writer.waitingWrites < 3 { usleep(1000) }
-        shared.writer.commitWaitingWrites()
-        for outcome in outcomes { sem_wait(outcome.done) }
+        #expect(firstIsCommitting.wait())
+        let failing = Self.write(["b1", "bad"], to: database)
+        let last = Self.write(["c"], to: database)
 
-        #expect(outcomes[0].error == nil && outcomes[2].error == nil)
-        #expect(String(describing: outcomes[1].error ?? SQLiteError.transactionRolledBack).contains("CHECK constraint failed"))
+        #expect(first.wait() && failing.wait() && last.wait())
+        #expect(first.error == nil && last.error == nil)
+        #expect(String(describing: failing.error ?? SQLiteError.transactionRolledBack).contains("CHECK constraint failed"))
         #expect(try setup.query("SELECT name FROM t ORDER BY name") { $0.text(0) } == ["a", "c"])
     }
 }

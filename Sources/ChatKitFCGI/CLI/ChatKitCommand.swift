@@ -57,7 +57,7 @@ public enum ChatKitCommand {
             guard let count = Int(threads), (1...4096).contains(count) else { throw UsageError("--threads must be 1...4096") }
             config.threads = count
         }
-        let database = SQLiteDatabase(path: config.databasePath)
+        let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
         try SQLiteStore(database: database).migrate()
         raiseOpenFileLimit()
         Curl.globalInit()
@@ -76,7 +76,7 @@ public enum ChatKitCommand {
         sigaddset(&stopSignals, SIGTERM)
         sigaddset(&stopSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        try database.startBackgroundThreads()
+        try database.startCheckpointing()
         signal(SIGPIPE, SIG_IGN)
         FastCGIServer.installWakeSignalHandler()
         guard FCGX_Init() == 0 else { throw ServeError("FCGX_Init failed") }

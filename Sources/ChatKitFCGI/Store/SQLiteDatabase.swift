@@ -2,52 +2,151 @@ import Glibc
 
 /// What every connection to one database file in this process shares.
 ///
-/// - In `serve`, every write runs on one writer thread that commits whatever writes are waiting
-///   as one transaction (group commit). Hundreds of threads taking turns at SQLite's write lock
-///   formed a convoy: measured at 32 streams, writers waited up to 10 ms for a lock held 0.1 to
-///   0.6 ms at a time, and each commit wrote its own copy of the same few pages to the WAL.
-/// - Elsewhere (the CLI, tests) a write runs on the caller's connection.
-/// - Either way a write holds `writeLock`, so the checkpoint thread can hold writers back.
-///   The busy timeout still covers other processes (a second responder, a migration).
+/// Writes are committed in groups: a thread that finds no commit under way commits its own
+/// write at once, together with any writes that queued meanwhile; writes that arrive while a
+/// commit runs wait and go out together in the next one. Before, hundreds of threads took turns
+/// at the write lock and formed a convoy (measured at 32 streams: waits up to 10 ms for a lock
+/// held 0.1 to 0.6 ms at a time), and every commit wrote its own copy of the same few pages to
+/// the WAL. A dedicated writer thread fixed the convoy too, but cost every write two thread
+/// hand-offs (+0.2 ms median first-token latency).
 ///
-/// `@unchecked Sendable`: `writer` is set once, before any other thread exists; the rest is
-/// pthread synchronisation.
+/// Each write runs in a savepoint of its own, so one that fails is undone alone. A commit holds
+/// `writeLock`, so the checkpoint thread can hold writers back; the busy timeout still covers
+/// other processes (a second responder, a migration).
+///
+/// `@unchecked Sendable`: everything mutable is guarded by a pthread mutex.
 public final class SQLiteDatabase: @unchecked Sendable {
     public let path: String
+    public let checkpointsInBackground: Bool
     private let writeLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var writer: SQLiteWriter?
+    private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// Guarded by `queueLock`: writes waiting for the next commit, and whether a thread is
+    /// committing (it, or the thread it hands over to, will take them).
+    private var queue: [Write] = []
+    private var committing = false
+    private static let batchLimit = 64
 
-    public init(path: String) {
+    public init(path: String, checkpointsInBackground: Bool = false) {
         self.path = path
+        self.checkpointsInBackground = checkpointsInBackground
         pthread_mutex_init(writeLock, nil)
+        pthread_mutex_init(queueLock, nil)
     }
 
     deinit {
         pthread_mutex_destroy(writeLock)
+        pthread_mutex_destroy(queueLock)
         writeLock.deallocate()
+        queueLock.deallocate()
     }
 
-    /// Starts the writer thread and the checkpoint thread. Call once, before any thread
-    /// uses the database.
-    public func startBackgroundThreads(checkpointIntervalMicroseconds: UInt32 = 250_000) throws {
-        precondition(writer == nil, "background threads start once")
-        let writer = try SQLiteWriter(database: self)
-        precondition(DetachedThread.start(stackBytes: 256 << 10) { writer.run() }, "could not start the writer thread")
-        self.writer = writer
+    /// A checkpoint every `interval`, on a thread of its own (see `WALCheckpointer`).
+    public func startCheckpointing(intervalMicroseconds: UInt32 = 250_000) throws {
+        precondition(checkpointsInBackground, "only a database opened for background checkpoints")
         let checkpointer = try WALCheckpointer(database: self)
         let started = DetachedThread.start(stackBytes: 256 << 10) {
             while true {
-                usleep(checkpointIntervalMicroseconds)
+                usleep(intervalMicroseconds)
                 checkpointer.checkpoint()
             }
         }
         precondition(started, "could not start the checkpoint thread")
     }
 
-    /// Runs `body` in a transaction: on the writer thread when there is one, else on `inline`.
-    func write<T>(inline connection: SQLiteConnection, _ body: (SQLiteConnection) throws -> T) throws -> T {
-        if let writer { return try writer.perform(body) }
-        return try serializingWrites { try connection.transaction { try body(connection) } }
+    /// One waiting write. `body` captures the caller's closure, so it is dropped as soon as it
+    /// has run (the caller's `withoutActuallyEscaping` checks that nothing kept it).
+    private final class Write {
+        var body: ((SQLiteConnection) -> Void)?
+        var commitFailure: (any Error)?
+        /// Set instead of running the write: its thread commits the next group itself.
+        var takesOver = false
+        private let signal = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+
+        init(_ body: @escaping (SQLiteConnection) -> Void) {
+            self.body = body
+            sem_init(signal, 0, 0)
+        }
+
+        deinit {
+            sem_destroy(signal)
+            signal.deallocate()
+        }
+
+        func wait() { while sem_wait(signal) != 0 {} }
+        func wake() { sem_post(signal) }
+    }
+
+    /// Runs `body` in a transaction, committed together with whatever other writes are waiting;
+    /// on `connection` when this thread does the commit.
+    func write<T>(on connection: SQLiteConnection, _ body: (SQLiteConnection) throws -> T) throws -> T {
+        var outcome: Result<T, any Error>?
+        let write = withoutActuallyEscaping(body) { body in
+            let write = Write { connection in outcome = Result { try connection.savepoint { try body(connection) } } }
+            pthread_mutex_lock(queueLock)
+            queue.append(write)
+            let commitsNow = !committing
+            committing = true
+            pthread_mutex_unlock(queueLock)
+            if !commitsNow {
+                write.wait()
+                guard write.takesOver else { return write }
+            }
+            commitGroups(on: connection, until: write)
+            return write
+        }
+        if let failure = write.commitFailure { throw failure }
+        return try outcome!.get()
+    }
+
+    var waitingWrites: Int {
+        pthread_mutex_lock(queueLock)
+        defer { pthread_mutex_unlock(queueLock) }
+        return queue.count
+    }
+
+    /// Commits groups of waiting writes until `own` is committed, then hands the next group to
+    /// the thread of the oldest write still waiting, if any.
+    private func commitGroups(on connection: SQLiteConnection, until own: Write) {
+        while true {
+            pthread_mutex_lock(queueLock)
+            let group = Array(queue.prefix(Self.batchLimit))
+            queue.removeFirst(group.count)
+            pthread_mutex_unlock(queueLock)
+            commit(group, on: connection)
+            if group.contains(where: { $0 === own }) { break }
+        }
+        pthread_mutex_lock(queueLock)
+        if let next = queue.first {
+            next.takesOver = true
+            next.wake()
+        } else {
+            committing = false
+        }
+        pthread_mutex_unlock(queueLock)
+    }
+
+    private func commit(_ group: [Write], on connection: SQLiteConnection) {
+        var failure: (any Error)?
+        do {
+            try serializingWrites {
+                try connection.transaction {
+                    for write in group {
+                        write.body?(connection)
+                        write.body = nil
+                        // After some errors SQLite rolls the whole transaction back: nothing of
+                        // this group is stored, so no write of it may be reported as done.
+                        guard connection.inTransaction else { throw SQLiteError.transactionRolledBack }
+                    }
+                }
+            }
+        } catch {
+            failure = error
+        }
+        for write in group {
+            write.body = nil
+            write.commitFailure = failure
+            write.wake()
+        }
     }
 
     /// A plain (non-spinning) mutex on purpose: holders wait for a commit or a checkpoint, and
@@ -57,110 +156,6 @@ public final class SQLiteDatabase: @unchecked Sendable {
         pthread_mutex_lock(writeLock)
         defer { pthread_mutex_unlock(writeLock) }
         return try body()
-    }
-}
-
-/// The writer thread: takes every write waiting (up to `batchLimit`) and commits them in one
-/// transaction, each in a savepoint of its own so that a failing write is undone alone. Its
-/// caller is parked on a semaphore until the commit, so it reads its own write afterwards.
-///
-/// `@unchecked Sendable`: the queue is guarded by `queueLock`; `connection` is used only by the
-/// writer thread.
-final class SQLiteWriter: @unchecked Sendable {
-    /// One waiting write. `body` captures the caller's closure, so the writer drops it as soon
-    /// as it has run (the caller's `withoutActuallyEscaping` checks that nothing kept it).
-    private final class Job {
-        var body: ((SQLiteConnection) -> Void)?
-        var commitFailure: (any Error)?
-        private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
-
-        init(_ body: @escaping (SQLiteConnection) -> Void) {
-            self.body = body
-            sem_init(done, 0, 0)
-        }
-
-        deinit {
-            sem_destroy(done)
-            done.deallocate()
-        }
-
-        func wait() { while sem_wait(done) != 0 {} }
-        func finish() { sem_post(done) }
-    }
-
-    private let database: SQLiteDatabase
-    private let connection: SQLiteConnection
-    private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let queueReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var queue: [Job] = []
-    private static let batchLimit = 64
-
-    init(database: SQLiteDatabase) throws {
-        self.database = database
-        connection = try SQLiteConnection(path: database.path)
-        // Checkpoints are the checkpoint thread's work, never a commit's.
-        try connection.execute("PRAGMA wal_autocheckpoint = 0")
-        pthread_mutex_init(queueLock, nil)
-        pthread_cond_init(queueReady, nil)
-    }
-
-    func perform<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
-        var outcome: Result<T, any Error>?
-        let job = withoutActuallyEscaping(body) { body in
-            let job = Job { connection in outcome = Result { try connection.savepoint { try body(connection) } } }
-            pthread_mutex_lock(queueLock)
-            queue.append(job)
-            pthread_cond_signal(queueReady)
-            pthread_mutex_unlock(queueLock)
-            job.wait()
-            return job
-        }
-        if let failure = job.commitFailure { throw failure }
-        return try outcome!.get()
-    }
-
-    func run() -> Never {
-        while true { commitWaitingWrites() }
-    }
-
-    var waitingWrites: Int {
-        pthread_mutex_lock(queueLock)
-        defer { pthread_mutex_unlock(queueLock) }
-        return queue.count
-    }
-
-    /// Waits for at least one write, then commits up to `batchLimit` of those waiting.
-    func commitWaitingWrites() {
-        pthread_mutex_lock(queueLock)
-        while queue.isEmpty { pthread_cond_wait(queueReady, queueLock) }
-        let batch = Array(queue.prefix(Self.batchLimit))
-        queue.removeFirst(batch.count)
-        pthread_mutex_unlock(queueLock)
-        commit(batch)
-    }
-
-    private func commit(_ batch: [Job]) {
-        var failure: (any Error)?
-        do {
-            try database.serializingWrites {
-                try connection.transaction {
-                    for job in batch {
-                        job.body?(connection)
-                        job.body = nil
-                        // After some errors SQLite rolls the whole transaction back: nothing of
-                        // this batch is stored, so no write of it may be reported as done.
-                        guard connection.inTransaction else { throw SQLiteError.transactionRolledBack }
-                    }
-                }
-            }
-        } catch {
-            failure = error
-        }
-        for job in batch {
-            job.body = nil
-            job.commitFailure = failure
-            job.finish()
-        }
     }
 }
 

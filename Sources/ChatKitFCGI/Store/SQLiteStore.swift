@@ -6,17 +6,17 @@ public final class SQLiteStore: Store {
     public init(database: SQLiteDatabase) throws {
         self.database = database
         db = try SQLiteConnection(path: database.path)
+        if database.checkpointsInBackground { try db.execute("PRAGMA wal_autocheckpoint = 0") }
     }
 
     public convenience init(path: String) throws {
         try self.init(database: SQLiteDatabase(path: path))
     }
 
-    /// Every write is one transaction on the connection `body` is given: in `serve` the writer
-    /// thread's (committed together with other requests' writes), else this store's own.
+    /// Every write runs on the connection `body` is given: whichever thread's commits the group.
     @discardableResult
     private func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
-        try database.write(inline: db, body)
+        try database.write(on: db, body)
     }
 
     /// Versioned schema steps; `PRAGMA user_version` records how many have run.
