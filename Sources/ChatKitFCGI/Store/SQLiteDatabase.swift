@@ -77,7 +77,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
     }
 
     /// Runs `body` in a transaction, committed together with whatever other writes are waiting;
-    /// on `connection` when this thread does the commit.
+    /// on `connection` when this thread does the commit. `body` must not write through the
+    /// database itself: it would wait for its own commit.
     func write<T>(on connection: SQLiteConnection, _ body: (SQLiteConnection) throws -> T) throws -> T {
         var outcome: Result<T, any Error>?
         let write = withoutActuallyEscaping(body) { body in
