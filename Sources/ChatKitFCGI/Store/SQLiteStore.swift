@@ -13,7 +13,8 @@ public final class SQLiteStore: Store {
         try self.init(database: SQLiteDatabase(path: path))
     }
 
-    /// Every write runs on the connection `body` is given: whichever thread's commits the group.
+    /// Every write goes through the database's group commit: `body` is handed the connection of
+    /// whichever thread commits its group, which may not be this store's.
     @discardableResult
     private func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
         try database.write(on: db, body)
