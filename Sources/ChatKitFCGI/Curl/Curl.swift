@@ -75,26 +75,20 @@ public struct HTTPResponseHead {
     public var headers: [String: String] = [:]
 }
 
-/// One easy handle plus one multi handle, reused for every request a worker thread makes, so
-/// connections to the model API stay alive between requests.
+/// One easy handle, reused for every request a worker thread makes. Its transfers run on the
+/// process's transfer loop; connections to the model API stay alive in the loop's connection
+/// cache, shared by every worker.
 ///
 /// Not thread-safe: each worker owns one.
 public final class HTTPClient {
     private let easy: UnsafeMutableRawPointer
-    private let multi: UnsafeMutableRawPointer
 
     public init() {
-        guard let easy = curl_easy_init(), let multi = curl_multi_init() else {
-            fatalError("libcurl could not allocate a handle")
-        }
+        guard let easy = curl_easy_init() else { fatalError("libcurl could not allocate a handle") }
         self.easy = easy
-        self.multi = multi
     }
 
-    deinit {
-        curl_multi_cleanup(multi)
-        curl_easy_cleanup(easy)
-    }
+    deinit { curl_easy_cleanup(easy) }
 
     public struct Request {
         public var url: String
@@ -110,10 +104,13 @@ public final class HTTPClient {
         public init(url: String) { self.url = url }
     }
 
-    /// Performs `request`, handing body bytes to `onBody` as they arrive.
+    /// Performs `request`, handing body bytes to `onBody` as they arrive; the calling thread
+    /// waits while the transfer loop runs it, and the callbacks run on the loop's thread.
     ///
-    /// While waiting it also polls `watch` (our client's socket) and calls `onTick` at least
-    /// every `tickMilliseconds`; `onBody` or `onTick` returning false aborts the transfer.
+    /// `watch` is our client's socket: the transfer stops when it becomes readable (the client
+    /// went away), and body bytes are held back (the download pauses) while it cannot take
+    /// more output. `onTick` runs at least every `tickMilliseconds`; `onBody` or `onTick`
+    /// returning false aborts the transfer.
     public func perform(
         _ request: Request,
         watch: Int32? = nil,
@@ -124,19 +121,20 @@ public final class HTTPClient {
     ) throws(TransferError) -> HTTPResponseHead {
         try withoutActuallyEscaping(onBody) { onBody throws(TransferError) in
             try withoutActuallyEscaping(onHead) { onHead throws(TransferError) in
-                let sink = TransferSink(onHead: onHead, onBody: onBody)
-                return try withExtendedLifetime(sink) { () throws(TransferError) in
-                    try configure(request, sink: sink)
-                    try drive(sink: sink, watch: watch, tickMilliseconds: tickMilliseconds, onTick: onTick)
-                    sink.reportHeadIfNeeded()
-                    return sink.head
+                try withoutActuallyEscaping(onTick) { onTick throws(TransferError) in
+                    let transfer = Transfer(
+                        easy: easy, watch: watch, tickMilliseconds: Double(tickMilliseconds),
+                        onTick: onTick, onHead: onHead, onBody: onBody)
+                    try configure(request, for: transfer)
+                    if let failure = TransferLoop.shared.run(transfer) { throw failure }
+                    return transfer.head
                 }
             }
         }
     }
 
-    private func configure(_ request: Request, sink: TransferSink) throws(TransferError) {
-        curl_easy_reset(easy)  // keeps the connection cache, drops the last request's options
+    private func configure(_ request: Request, for transfer: Transfer) throws(TransferError) {
+        curl_easy_reset(easy)  // drops the last request's options
         var code = ccurl_setopt_string(easy, CURLOPT_URL, request.url)
         func set(_ option: CURLoption, _ value: Int) {
             if code == CURLE_OK { code = ccurl_setopt_long(easy, option, value) }
@@ -157,62 +155,72 @@ public final class HTTPClient {
                 code = body.withUnsafeBytes { ccurl_setopt_pointer(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!)) }
             }
         }
-        sink.headerList.map { curl_slist_free_all($0) }
-        sink.headerList = nil
-        for header in request.headers { sink.headerList = curl_slist_append(sink.headerList, header) }
-        if code == CURLE_OK { code = ccurl_setopt_slist(easy, CURLOPT_HTTPHEADER, sink.headerList) }
-        let context = Unmanaged.passUnretained(sink).toOpaque()
+        for header in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, header) }
+        if code == CURLE_OK { code = ccurl_setopt_slist(easy, CURLOPT_HTTPHEADER, transfer.headerList) }
+        let context = Unmanaged.passUnretained(transfer).toOpaque()
         if code == CURLE_OK { code = ccurl_setopt_write_function(easy, CURLOPT_WRITEFUNCTION, transferWriteBody) }
         if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_WRITEDATA, context) }
         if code == CURLE_OK { code = ccurl_setopt_write_function(easy, CURLOPT_HEADERFUNCTION, transferWriteHeader) }
         if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_HEADERDATA, context) }
+        if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_PRIVATE, context) }
         guard code == CURLE_OK else { throw .transport(String(cString: curl_easy_strerror(code))) }
-        sink.easy = easy
-    }
-
-    private func drive(sink: TransferSink, watch: Int32?, tickMilliseconds: Int32, onTick: () -> Bool) throws(TransferError) {
-        curl_multi_add_handle(multi, easy)
-        defer { curl_multi_remove_handle(multi, easy) }
-        var running: Int32 = 1
-        while true {
-            curl_multi_perform(multi, &running)
-            if sink.stopRequested { throw .stopped }
-            if running == 0 { break }
-            var waitFD = curl_waitfd(fd: watch ?? -1, events: Int16(CURL_WAIT_POLLIN), revents: 0)
-            var ready: Int32 = 0
-            curl_multi_wait(multi, &waitFD, watch == nil ? 0 : 1, Int32(tickMilliseconds), &ready)
-            if watch != nil, waitFD.revents != 0 { throw .watchedDescriptorReady }
-            if !onTick() { throw .stopped }
-        }
-        var remaining: Int32 = 0
-        while let message = curl_multi_info_read(multi, &remaining) {
-            if message.pointee.msg == CURLMSG_DONE, message.pointee.data.result != CURLE_OK {
-                let result = message.pointee.data.result
-                if result == CURLE_WRITE_ERROR, sink.stopRequested { throw .stopped }
-                let message = String(cString: curl_easy_strerror(result))
-                throw result == CURLE_OPERATION_TIMEDOUT ? .timedOut(message) : .transport(message)
-            }
-        }
     }
 }
 
-/// Lives for one transfer; libcurl's C callbacks reach it through an unretained pointer, which
-/// `perform` keeps alive with `withExtendedLifetime`.
-private final class TransferSink {
-    let onHead: (HTTPResponseHead) -> Void
-    let onBody: (UnsafeRawBufferPointer) -> Bool
+/// One transfer, from the caller's thread to the loop's and back. libcurl's C callbacks reach
+/// it through an unretained pointer; `perform` keeps it alive until the loop hands it back.
+///
+/// `@unchecked Sendable`: the caller configures it, then waits on `done` while the loop alone
+/// uses it; the loop drops every reference to it before posting `done`.
+final class Transfer: @unchecked Sendable {
+    let easy: UnsafeMutableRawPointer
+    let watch: Int32?
+    let tickMilliseconds: Double
+    /// The caller's closures, which `perform` lets escape only until the transfer is done:
+    /// dropped before the caller wakes, whatever else still holds this object.
+    private var callbacks: Callbacks?
+    var headerList: UnsafeMutablePointer<curl_slist>?
     var head = HTTPResponseHead()
     var headReported = false
     var stopRequested = false
-    var headerList: UnsafeMutablePointer<curl_slist>?
-    var easy: UnsafeMutableRawPointer?
+    /// Paused because `watch` could not take more output.
+    var awaitingOutput = false
+    var nextTick = 0.0
+    var failure: TransferError?
+    private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
-    init(onHead: @escaping (HTTPResponseHead) -> Void, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
-        self.onHead = onHead
-        self.onBody = onBody
+    init(easy: UnsafeMutableRawPointer, watch: Int32?, tickMilliseconds: Double, onTick: @escaping () -> Bool,
+         onHead: @escaping (HTTPResponseHead) -> Void, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
+        self.easy = easy
+        self.watch = watch
+        self.tickMilliseconds = tickMilliseconds
+        callbacks = Callbacks(onTick: onTick, onHead: onHead, onBody: onBody)
+        sem_init(done, 0, 0)
     }
 
-    deinit { headerList.map { curl_slist_free_all($0) } }
+    private struct Callbacks {
+        let onTick: () -> Bool
+        let onHead: (HTTPResponseHead) -> Void
+        let onBody: (UnsafeRawBufferPointer) -> Bool
+    }
+
+    deinit {
+        headerList.map { curl_slist_free_all($0) }
+        sem_destroy(done)
+        done.deallocate()
+    }
+
+    func waitUntilDone() { while sem_wait(done) != 0 {} }
+
+    /// On the loop's thread: the last thing it does with this transfer.
+    func markDone(failure: TransferError?) {
+        if failure == nil { reportHeadIfNeeded() }
+        self.failure = failure
+        callbacks = nil
+        sem_post(done)
+    }
+
+    func tick() -> Bool { callbacks?.onTick() ?? false }
 
     func header(_ line: UnsafeRawBufferPointer) {
         let text = String(decoding: line, as: UTF8.self)
@@ -225,31 +233,44 @@ private final class TransferSink {
     }
 
     /// Called before the first body byte, or at the end for a response without a body.
-    func reportHeadIfNeeded() {
+    private func reportHeadIfNeeded() {
         guard !headReported else { return }
         headReported = true
         var status = 0
-        if let easy { _ = ccurl_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status) }
+        _ = ccurl_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
         head.status = status
-        onHead(head)
+        callbacks?.onHead(head)
     }
 
-    func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    /// True when our client's socket has room: a FastCGI record written now will not block
+    /// the loop (a stream socket that polls writable has at least a quarter of its buffer free).
+    var outputHasRoom: Bool {
+        guard let watch else { return true }
+        var descriptor = pollfd(fd: watch, events: Int16(POLLOUT), revents: 0)
+        return poll(&descriptor, 1, 0) == 1 && descriptor.revents & Int16(POLLOUT) != 0
+    }
+
+    /// The number of bytes taken, 0 to abort, or CURL_WRITEFUNC_PAUSE to be called again with
+    /// the same bytes once `watch` has room.
+    func body(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard outputHasRoom else {
+            TransferLoop.shared.awaitOutput(for: self)
+            return Int(CURL_WRITEFUNC_PAUSE)
+        }
         reportHeadIfNeeded()
-        if !onBody(bytes) { stopRequested = true }
-        return !stopRequested
+        if callbacks?.onBody(bytes) != true { stopRequested = true }
+        return stopRequested ? 0 : bytes.count
     }
 }
 
 private let transferWriteBody: curl_write_callback = { data, size, count, context in
-    let sink = Unmanaged<TransferSink>.fromOpaque(context!).takeUnretainedValue()
-    let length = size * count
-    return sink.body(UnsafeRawBufferPointer(start: data, count: length)) ? length : 0
+    let transfer = Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue()
+    return transfer.body(UnsafeRawBufferPointer(start: data, count: size * count))
 }
 
 private let transferWriteHeader: curl_write_callback = { data, size, count, context in
-    let sink = Unmanaged<TransferSink>.fromOpaque(context!).takeUnretainedValue()
+    let transfer = Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue()
     let length = size * count
-    sink.header(UnsafeRawBufferPointer(start: data, count: length))
+    transfer.header(UnsafeRawBufferPointer(start: data, count: length))
     return length
 }

@@ -1,0 +1,237 @@
+import CCurl
+import CLinux
+import Glibc
+
+/// The one thread that drives every HTTP transfer of the process, through one libcurl multi
+/// handle and epoll. A caller hands its transfer over and waits; the callbacks (parsing each
+/// chunk, writing it to our client) run here.
+///
+/// Before, each stream's own thread waited in `curl_multi_wait`: one wake-up, a context switch
+/// and three polls per chunk, the largest part of the responder's CPU at 256 streams. Here one
+/// wake-up serves every chunk that arrived meanwhile, and the connections to the model API are
+/// pooled for the whole process.
+///
+/// Writing to our client must never block this thread, or every stream would stall behind one
+/// slow reader: body bytes are only delivered while the client's socket polls writable, and
+/// otherwise the transfer is paused until it does.
+///
+/// `@unchecked Sendable`: `submitted` is guarded by `submitLock`; all other state is used on
+/// the loop's thread only (libcurl calls the socket and timer callbacks from `socket_action`).
+final class TransferLoop: @unchecked Sendable {
+    static let shared = TransferLoop()
+
+    private let multi: UnsafeMutableRawPointer
+    private let epoll: Int32
+    /// An eventfd: a transfer was submitted.
+    private let wake: Int32
+    private let submitLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var submitted: [Transfer] = []
+
+    private var running: [UnsafeMutableRawPointer: Transfer] = [:]
+    private var watched: [Int32: Transfer] = [:]
+    private var curlSockets: Set<Int32> = []
+    /// When libcurl wants `socket_action(CURL_SOCKET_TIMEOUT)` (monotonic milliseconds).
+    private var curlDeadline: Double?
+    private var nextTickSweep = 0.0
+    private static let tickSweepMilliseconds = 20.0
+
+    private enum Kind: UInt64 { case wake, curlSocket, watch }
+
+    private static func tag(_ kind: Kind, _ descriptor: Int32) -> UInt64 {
+        kind.rawValue << 32 | UInt64(UInt32(bitPattern: descriptor))
+    }
+
+    private init() {
+        guard let multi = curl_multi_init() else { fatalError("libcurl could not allocate a multi handle") }
+        self.multi = multi
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wake = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        precondition(epoll >= 0 && wake >= 0, "could not create the transfer loop's epoll and eventfd")
+        pthread_mutex_init(submitLock, nil)
+        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, Self.tag(.wake, wake)) == 0)
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        _ = ccurl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, context)
+        _ = ccurl_multi_setopt_socket_function(multi, loopSocketCallback)
+        _ = ccurl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, context)
+        _ = ccurl_multi_setopt_timer_function(multi, loopTimerCallback)
+        precondition(DetachedThread.start(stackBytes: 1 << 20) { self.loop() }, "could not start the transfer loop")
+    }
+
+    /// Runs `transfer` on the loop and waits for it; nil when it completed.
+    func run(_ transfer: Transfer) -> TransferError? {
+        pthread_mutex_lock(submitLock)
+        submitted.append(transfer)
+        pthread_mutex_unlock(submitLock)
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+        transfer.waitUntilDone()
+        return transfer.failure
+    }
+
+    private func loop() -> Never {
+        // Stop and wake signals belong to the threads that wait for them.
+        var signals = sigset_t()
+        sigfillset(&signals)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        let capacity = 256
+        var tags = [UInt64](repeating: 0, count: capacity)
+        var events = [UInt32](repeating: 0, count: capacity)
+        while true {
+            let ready = clinux_epoll_wait(epoll, &tags, &events, Int32(capacity), waitMilliseconds())
+            for index in 0..<max(0, Int(ready)) {
+                let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: tags[index]))
+                switch Kind(rawValue: tags[index] >> 32) {
+                case .wake?: takeSubmitted()
+                case .curlSocket?: socketAction(descriptor, events: events[index])
+                case .watch?: watchedSocketReady(descriptor, events: events[index])
+                case nil: break
+                }
+            }
+            if let deadline = curlDeadline, Clock.monotonicMilliseconds() >= deadline {
+                curlDeadline = nil
+                socketAction(CURL_SOCKET_TIMEOUT, events: 0)
+            }
+            sweepTicks()
+        }
+    }
+
+    private func waitMilliseconds() -> Int32 {
+        let now = Clock.monotonicMilliseconds()
+        var until = running.isEmpty ? nil : nextTickSweep
+        if let deadline = curlDeadline { until = min(until ?? deadline, deadline) }
+        guard let until else { return -1 }
+        return Int32(max(0, (until - now).rounded(.up)))
+    }
+
+    private func takeSubmitted() {
+        var count: UInt64 = 0
+        _ = read(wake, &count, 8)
+        pthread_mutex_lock(submitLock)
+        let batch = submitted
+        submitted.removeAll(keepingCapacity: true)
+        pthread_mutex_unlock(submitLock)
+        let now = Clock.monotonicMilliseconds()
+        for transfer in batch {
+            transfer.nextTick = now + transfer.tickMilliseconds
+            running[transfer.easy] = transfer
+            if let watch = transfer.watch {
+                watched[watch] = transfer
+                guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, watch, EPOLLIN.rawValue, Self.tag(.watch, watch)) == 0 else {
+                    finish(transfer, failure: .transport("cannot watch the client's socket (errno \(errno))"))
+                    continue
+                }
+            }
+            let code = curl_multi_add_handle(multi, transfer.easy)
+            if code != CURLM_OK { finish(transfer, failure: .transport(String(cString: curl_multi_strerror(code)))) }
+        }
+        collectFinished()
+    }
+
+    private func socketAction(_ socket: Int32, events: UInt32) {
+        var mask: Int32 = 0
+        if events & (EPOLLIN.rawValue | EPOLLHUP.rawValue) != 0 { mask |= CURL_CSELECT_IN }
+        if events & EPOLLOUT.rawValue != 0 { mask |= CURL_CSELECT_OUT }
+        if events & EPOLLERR.rawValue != 0 { mask |= CURL_CSELECT_ERR }
+        var stillRunning: Int32 = 0
+        _ = curl_multi_socket_action(multi, socket, mask, &stillRunning)
+        collectFinished()
+    }
+
+    /// Our client's socket: readable means it went away; writable means a paused transfer
+    /// may deliver again.
+    private func watchedSocketReady(_ socket: Int32, events: UInt32) {
+        guard let transfer = watched[socket] else { return }
+        if events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            finish(transfer, failure: .watchedDescriptorReady)
+            return
+        }
+        if events & EPOLLOUT.rawValue != 0, transfer.awaitingOutput {
+            transfer.awaitingOutput = false
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, EPOLLIN.rawValue, Self.tag(.watch, socket))
+            _ = curl_easy_pause(transfer.easy, CURLPAUSE_CONT)
+            collectFinished()
+        }
+    }
+
+    /// Called from the body callback when the client's socket is full.
+    func awaitOutput(for transfer: Transfer) {
+        guard let watch = transfer.watch, !transfer.awaitingOutput else { return }
+        transfer.awaitingOutput = true
+        _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, watch, EPOLLIN.rawValue | EPOLLOUT.rawValue, Self.tag(.watch, watch))
+    }
+
+    /// Each transfer's `onTick`, about every `tickMilliseconds`; skipped while its client's
+    /// socket is full, since a tick may write a keepalive.
+    private func sweepTicks() {
+        let now = Clock.monotonicMilliseconds()
+        guard now >= nextTickSweep else { return }
+        nextTickSweep = now + Self.tickSweepMilliseconds
+        for transfer in running.values where now >= transfer.nextTick {
+            transfer.nextTick = now + transfer.tickMilliseconds
+            guard !transfer.awaitingOutput, transfer.outputHasRoom else { continue }
+            if !transfer.tick() { finish(transfer, failure: .stopped) }
+        }
+    }
+
+    private func collectFinished() {
+        var remaining: Int32 = 0
+        while let message = curl_multi_info_read(multi, &remaining) {
+            guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
+                let transfer = running[easy]
+            else { continue }
+            let result = message.pointee.data.result
+            let failure: TransferError? = switch result {
+            case CURLE_OK: nil
+            case CURLE_WRITE_ERROR where transfer.stopRequested: .stopped
+            case CURLE_OPERATION_TIMEDOUT: .timedOut(String(cString: curl_easy_strerror(result)))
+            default: .transport(String(cString: curl_easy_strerror(result)))
+            }
+            finish(transfer, failure: failure)
+        }
+    }
+
+    /// Hands the transfer back to its caller.
+    private func finish(_ transfer: Transfer, failure: TransferError?) {
+        _ = curl_multi_remove_handle(multi, transfer.easy)
+        running[transfer.easy] = nil
+        if let watch = transfer.watch, watched[watch] === transfer {
+            watched[watch] = nil
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, watch, 0, 0)
+        }
+        transfer.markDone(failure: failure)
+    }
+
+    fileprivate func curlSocket(_ socket: Int32, what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            curlSockets.remove(socket)
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, socket, 0, 0)
+            return
+        }
+        var events: UInt32 = 0
+        if what & CURL_POLL_IN != 0 { events |= EPOLLIN.rawValue }
+        if what & CURL_POLL_OUT != 0 { events |= EPOLLOUT.rawValue }
+        let tag = Self.tag(.curlSocket, socket)
+        // The kernel forgets a closed descriptor on its own, so the set can be stale either way.
+        if curlSockets.insert(socket).inserted {
+            if clinux_epoll_set(epoll, EPOLL_CTL_ADD, socket, events, tag) != 0, errno == EEXIST {
+                _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, events, tag)
+            }
+        } else if clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, events, tag) != 0, errno == ENOENT {
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_ADD, socket, events, tag)
+        }
+    }
+
+    fileprivate func setCurlTimer(milliseconds: Int) {
+        curlDeadline = milliseconds < 0 ? nil : Clock.monotonicMilliseconds() + Double(milliseconds)
+    }
+}
+
+private let loopSocketCallback: curl_socket_callback = { _, socket, what, context, _ in
+    Unmanaged<TransferLoop>.fromOpaque(context!).takeUnretainedValue().curlSocket(socket, what: what)
+    return 0
+}
+
+private let loopTimerCallback: curl_multi_timer_callback = { _, milliseconds, context in
+    Unmanaged<TransferLoop>.fromOpaque(context!).takeUnretainedValue().setCurlTimer(milliseconds: milliseconds)
+    return 0
+}
