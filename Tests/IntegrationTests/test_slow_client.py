@@ -1,0 +1,61 @@
+"""A client that stops reading holds up no other stream: its model download pauses, then resumes."""
+
+import json
+import socket
+import time
+
+from harness import hs256_token
+
+WORDS = 60_000  # about 11 MB of records: more than every buffer between the client and us holds
+
+
+def open_unread_stream(port, text):
+    """A POST whose answer nobody reads yet; a small receive buffer makes the backlog reach us."""
+    body = json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    raw.connect(("127.0.0.1", port))
+    raw.sendall(f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {hs256_token('sam')}\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    raw.settimeout(30)
+    return raw
+
+
+def read_to_end(raw):
+    received = bytearray()
+    while chunk := raw.recv(1 << 20):
+        received += chunk
+    raw.close()
+    return bytes(received)
+
+
+def dechunk(body):
+    out, position = bytearray(), 0
+    while True:
+        end = body.index(b"\r\n", position)
+        size = int(body[position:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[end + 2:end + 2 + size]
+        position = end + 2 + size + 2
+
+
+def test_a_client_that_stops_reading_holds_up_no_other_stream(stack, client, alice):
+    unread = open_unread_stream(stack.http_port, " ".join(["w"] * WORDS))
+    time.sleep(2)  # the answer fills every buffer on its way; its download is now paused
+
+    started = time.monotonic()
+    other = client.post("/api/chat", headers=alice, json={"messages": [{"role": "user", "content": "hello"}]},
+                        timeout=10)
+    assert other.status_code == 200 and other.text.endswith("data: [DONE]\n\n")
+    assert time.monotonic() - started < 5
+
+    # Reading again resumes the download: the whole answer arrives, in order, then [DONE].
+    head, _, body = read_to_end(unread).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    records = [line[len(b"data: "):] for line in dechunk(body).split(b"\n\n") if line.startswith(b"data: ")]
+    assert records[-1] == b"[DONE]"
+    words = [json.loads(record)["choices"][0]["delta"].get("content", "") for record in records[1:-1]
+             if json.loads(record).get("choices")]
+    assert "".join(words) == "You said: " + " ".join(["w"] * WORDS)
