@@ -155,3 +155,17 @@ import Testing
         #expect(try setup.query("SELECT name FROM t ORDER BY name") { $0.text(0) } == ["a", "c"])
     }
 }
+
+@Suite struct PublicIDTests {
+    @Test func idsAreHexAfterTheirPrefixAndSortByTime() {
+        let first = PublicID.make("msg")
+        usleep(2000)
+        let second = PublicID.make("msg")
+        for id in [first, second] {
+            #expect(id.hasPrefix("msg_") && id.count == 4 + 28)
+            #expect(id.dropFirst(4).allSatisfy { "0123456789abcdef".contains($0) })
+        }
+        #expect(first < second, "a later id must sort after an earlier one")
+        #expect(Set((0..<1000).map { _ in PublicID.make("thr") }).count == 1000)
+    }
+}

@@ -77,14 +77,23 @@ public struct ConversationEntry: Equatable, Sendable {
     }
 }
 
-/// Ids in the official ChatKit server's format: a type prefix, `_`, random hex. Sixteen hex
-/// digits rather than the SDK's eight, so ids stay unique across every user's rows.
+/// Ids in the official ChatKit server's shape: a type prefix, `_`, hex digits. Here the
+/// milliseconds since 1970 (12 digits) then 64 random bits (16 digits): unique across every
+/// user's rows, and ordered by time, so each new id lands at the end of its unique index
+/// instead of on a random page (fewer pages read and written per commit).
 public enum PublicID {
+    private static let digits = Array("0123456789abcdef".utf8)
+
     public static func make(_ prefix: String) -> String {
-        prefix + "_" + Crypto.randomBytes(8).map { byte in
-            let digits = Array("0123456789abcdef")
-            return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]])
-        }.joined()
+        var text = Array(prefix.utf8)
+        text.append(UInt8(ascii: "_"))
+        let milliseconds = UInt64(Clock.unixTime() * 1000)
+        for shift in stride(from: 44, through: 0, by: -4) { text.append(digits[Int(milliseconds >> UInt64(shift) & 0xF)]) }
+        for byte in Crypto.randomBytes(8) {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 }
 
