@@ -186,6 +186,8 @@ final class Transfer: @unchecked Sendable {
     /// Paused because `watch` could not take more output.
     var awaitingOutput = false
     var nextTick = 0.0
+    /// The loop's number for this transfer's registration of `watch`.
+    var registration: UInt32 = 0
     var failure: TransferError?
     private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 

@@ -28,7 +28,10 @@ final class TransferLoop: @unchecked Sendable {
     private var submitted: [Transfer] = []
 
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
-    private var watched: [Int32: Transfer] = [:]
+    /// By registration number, not descriptor: a descriptor closed and reused within one batch
+    /// of events must not be taken for the transfer that watched it before.
+    private var watched: [UInt32: Transfer] = [:]
+    private var lastRegistration: UInt32 = 0
     private var curlSockets: Set<Int32> = []
     /// When libcurl wants `socket_action(CURL_SOCKET_TIMEOUT)` (monotonic milliseconds).
     private var curlDeadline: Double?
@@ -40,6 +43,8 @@ final class TransferLoop: @unchecked Sendable {
     private static func tag(_ kind: Kind, _ descriptor: Int32) -> UInt64 {
         kind.rawValue << 32 | UInt64(UInt32(bitPattern: descriptor))
     }
+
+    private func watchTag(_ transfer: Transfer) -> UInt64 { Kind.watch.rawValue << 32 | UInt64(transfer.registration) }
 
     private init() {
         guard let multi = curl_multi_init() else { fatalError("libcurl could not allocate a multi handle") }
@@ -83,7 +88,7 @@ final class TransferLoop: @unchecked Sendable {
                 switch Kind(rawValue: tags[index] >> 32) {
                 case .wake?: takeSubmitted()
                 case .curlSocket?: socketAction(descriptor, events: events[index])
-                case .watch?: watchedSocketReady(descriptor, events: events[index])
+                case .watch?: watchedSocketReady(registration: UInt32(truncatingIfNeeded: tags[index]), events: events[index])
                 case nil: break
                 }
             }
@@ -115,8 +120,10 @@ final class TransferLoop: @unchecked Sendable {
             transfer.nextTick = now + transfer.tickMilliseconds
             running[transfer.easy] = transfer
             if let watch = transfer.watch {
-                watched[watch] = transfer
-                guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, watch, EPOLLIN.rawValue, Self.tag(.watch, watch)) == 0 else {
+                lastRegistration &+= 1
+                transfer.registration = lastRegistration
+                watched[lastRegistration] = transfer
+                guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, watch, EPOLLIN.rawValue, watchTag(transfer)) == 0 else {
                     finish(transfer, failure: .transport("cannot watch the client's socket (errno \(errno))"))
                     continue
                 }
@@ -139,15 +146,15 @@ final class TransferLoop: @unchecked Sendable {
 
     /// Our client's socket: readable means it went away; writable means a paused transfer
     /// may deliver again.
-    private func watchedSocketReady(_ socket: Int32, events: UInt32) {
-        guard let transfer = watched[socket] else { return }
+    private func watchedSocketReady(registration: UInt32, events: UInt32) {
+        guard let transfer = watched[registration], let socket = transfer.watch else { return }
         if events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
             finish(transfer, failure: .watchedDescriptorReady)
             return
         }
         if events & EPOLLOUT.rawValue != 0, transfer.awaitingOutput {
             transfer.awaitingOutput = false
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, EPOLLIN.rawValue, Self.tag(.watch, socket))
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, EPOLLIN.rawValue, watchTag(transfer))
             _ = curl_easy_pause(transfer.easy, CURLPAUSE_CONT)
             collectFinished()
         }
@@ -157,7 +164,7 @@ final class TransferLoop: @unchecked Sendable {
     func awaitOutput(for transfer: Transfer) {
         guard let watch = transfer.watch, !transfer.awaitingOutput else { return }
         transfer.awaitingOutput = true
-        _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, watch, EPOLLIN.rawValue | EPOLLOUT.rawValue, Self.tag(.watch, watch))
+        _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, watch, EPOLLIN.rawValue | EPOLLOUT.rawValue, watchTag(transfer))
     }
 
     /// Each transfer's `onTick`, about every `tickMilliseconds`; skipped while its client's
@@ -194,8 +201,8 @@ final class TransferLoop: @unchecked Sendable {
     private func finish(_ transfer: Transfer, failure: TransferError?) {
         _ = curl_multi_remove_handle(multi, transfer.easy)
         running[transfer.easy] = nil
-        if let watch = transfer.watch, watched[watch] === transfer {
-            watched[watch] = nil
+        if let watch = transfer.watch, watched[transfer.registration] === transfer {
+            watched[transfer.registration] = nil
             _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, watch, 0, 0)
         }
         transfer.markDone(failure: failure)
