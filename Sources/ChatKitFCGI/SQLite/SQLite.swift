@@ -123,15 +123,7 @@ public final class SQLiteConnection {
     /// `BEGIN IMMEDIATE` takes the write lock up front, so concurrent writers wait on the busy
     /// timeout instead of failing halfway with SQLITE_BUSY.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
-        try run("BEGIN IMMEDIATE")
-        do {
-            let result = try body()
-            try run("COMMIT")
-            return result
-        } catch {
-            _ = try? run("ROLLBACK")
-            throw error
-        }
+        try bracketed(begin: "BEGIN IMMEDIATE", commit: ["COMMIT"], rollback: ["ROLLBACK"], body)
     }
 
     /// False once SQLite has rolled a transaction back on its own (after an I/O error, say).
@@ -139,14 +131,18 @@ public final class SQLiteConnection {
 
     /// Inside a transaction: if `body` throws, only what it changed is undone.
     public func savepoint<T>(_ body: () throws -> T) throws -> T {
-        try run("SAVEPOINT one_write")
+        try bracketed(begin: "SAVEPOINT one_write", commit: ["RELEASE one_write"],
+                      rollback: ["ROLLBACK TO one_write", "RELEASE one_write"], body)
+    }
+
+    private func bracketed<T>(begin: String, commit: [String], rollback: [String], _ body: () throws -> T) throws -> T {
+        try run(begin)
         do {
             let result = try body()
-            try run("RELEASE one_write")
+            for statement in commit { try run(statement) }
             return result
         } catch {
-            _ = try? run("ROLLBACK TO one_write")
-            _ = try? run("RELEASE one_write")
+            for statement in rollback { _ = try? run(statement) }
             throw error
         }
     }
