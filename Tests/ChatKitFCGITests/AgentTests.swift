@@ -26,7 +26,7 @@ final class RecordingObserver: AgentObserver {
     var acceptChunks = true
     var clientDescriptor: Int32? { nil }
     func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool { chunks += 1; return acceptChunks }
-    func idle() -> Bool { true }
+    func idle(canWrite: Bool) -> Bool { true }
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) { toolResults.append((call, result)) }
 }
 

@@ -154,6 +154,26 @@ import Testing
         #expect(String(describing: failing.error ?? SQLiteError.transactionRolledBack).contains("CHECK constraint failed"))
         #expect(try setup.query("SELECT name FROM t ORDER BY name") { $0.text(0) } == ["a", "c"])
     }
+
+    /// A write whose changes cannot be undone on their own must not be committed with its group.
+    @Test func aWriteThatCannotBeUndoneAloneFailsItsGroup() throws {
+        let file = TemporaryDatabase()
+        let setup = try SQLiteConnection(path: file.path)
+        try setup.execute("CREATE TABLE t (name TEXT NOT NULL)")
+        let database = SQLiteDatabase(path: file.path)
+        struct Refused: Error {}
+        // Releasing its own savepoint makes `ROLLBACK TO` fail with the row already merged
+        // into the group's transaction.
+        #expect(throws: (any Error).self) {
+            try database.write(on: setup) { db in
+                try db.run("INSERT INTO t VALUES ('half')")
+                try db.run("RELEASE one_write")
+                throw Refused()
+            }
+        }
+        #expect(try setup.query("SELECT name FROM t") { $0.text(0) } == [])
+        #expect(!setup.inTransaction)
+    }
 }
 
 @Suite struct PublicIDTests {

@@ -4,9 +4,18 @@ import json
 import socket
 import time
 
-from harness import hs256_token
+import pytest
+
+from harness import Stack, hs256_token, wait_until
 
 WORDS = 60_000  # about 11 MB of records: more than every buffer between the client and us holds
+
+
+@pytest.fixture(scope="module")
+def impatient_stack():
+    started = Stack(extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "1"})
+    yield started
+    started.stop()
 
 
 def open_unread_stream(port, text):
@@ -59,3 +68,14 @@ def test_a_client_that_stops_reading_holds_up_no_other_stream(stack, client, ali
     words = [json.loads(record)["choices"][0]["delta"].get("content", "") for record in records[1:-1]
              if json.loads(record).get("choices")]
     assert "".join(words) == "You said: " + " ".join(["w"] * WORDS)
+
+
+def test_a_client_that_reads_nothing_for_the_stall_timeout_ends_its_model_stream(impatient_stack):
+    cancelled = impatient_stack.model_stats()["streams_cancelled"]
+    unread = open_unread_stream(impatient_stack.http_port, " ".join(["w"] * WORDS))
+    # libcurl does not time a paused download; the responder does, and lets the model go.
+    wait_until(lambda: impatient_stack.model_stats()["streams_cancelled"] > cancelled, timeout=10,
+               what="the paused model stream to end")
+    unread.close()
+    wait_until(lambda: "our client read nothing for 1 s" in impatient_stack.responder.output(), timeout=10,
+               what="the request's log line")

@@ -122,9 +122,9 @@ final class ChatStream: AgentObserver {
         sse.send(.object(record))
     }
 
-    func idle() -> Bool {
+    func idle(canWrite: Bool) -> Bool {
         if worker.app.lifecycle.graceExpired { return false }
-        if sse.isQuiet(for: worker.app.config.keepaliveSeconds) {
+        if canWrite, sse.isQuiet(for: worker.app.config.keepaliveSeconds) {
             startIfNeeded()
             return sse.keepalive()
         }

@@ -109,13 +109,14 @@ public final class HTTPClient {
     ///
     /// `watch` is our client's socket: the transfer stops when it becomes readable (the client
     /// went away), and body bytes are held back (the download pauses) while it cannot take
-    /// more output. `onTick` runs at least every `tickMilliseconds`; `onBody` or `onTick`
+    /// more output; a pause longer than the stall timeout ends the transfer. `onTick` runs about
+    /// every `tickMilliseconds`, told whether `watch` can take a write now; `onBody` or `onTick`
     /// returning false aborts the transfer.
     public func perform(
         _ request: Request,
         watch: Int32? = nil,
         tickMilliseconds: Int32 = 100,
-        onTick: () -> Bool = { true },
+        onTick: (_ outputHasRoom: Bool) -> Bool = { _ in true },
         onHead: (HTTPResponseHead) -> Void = { _ in },
         onBody: (UnsafeRawBufferPointer) -> Bool
     ) throws(TransferError) -> HTTPResponseHead {
@@ -124,7 +125,7 @@ public final class HTTPClient {
                 try withoutActuallyEscaping(onTick) { onTick throws(TransferError) in
                     let transfer = Transfer(
                         easy: easy, watch: watch, tickMilliseconds: Double(tickMilliseconds),
-                        onTick: onTick, onHead: onHead, onBody: onBody)
+                        stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000, onTick: onTick, onHead: onHead, onBody: onBody)
                     try configure(request, for: transfer)
                     if let failure = TransferLoop.shared.run(transfer) { throw failure }
                     return transfer.head
@@ -176,6 +177,7 @@ final class Transfer: @unchecked Sendable {
     let easy: UnsafeMutableRawPointer
     let watch: Int32?
     let tickMilliseconds: Double
+    let stallTimeoutMilliseconds: Double
     /// The caller's closures, which `perform` lets escape only until the transfer is done:
     /// dropped before the caller wakes, whatever else still holds this object.
     private var callbacks: Callbacks?
@@ -185,23 +187,26 @@ final class Transfer: @unchecked Sendable {
     var stopRequested = false
     /// Paused because `watch` could not take more output.
     var awaitingOutput = false
+    var pausedSince = 0.0
     var nextTick = 0.0
     /// The loop's number for this transfer's registration of `watch`.
     var registration: UInt32 = 0
     var failure: TransferError?
     private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
-    init(easy: UnsafeMutableRawPointer, watch: Int32?, tickMilliseconds: Double, onTick: @escaping () -> Bool,
+    init(easy: UnsafeMutableRawPointer, watch: Int32?, tickMilliseconds: Double, stallTimeoutMilliseconds: Double,
+         onTick: @escaping (Bool) -> Bool,
          onHead: @escaping (HTTPResponseHead) -> Void, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
         self.easy = easy
         self.watch = watch
         self.tickMilliseconds = tickMilliseconds
+        self.stallTimeoutMilliseconds = stallTimeoutMilliseconds
         callbacks = Callbacks(onTick: onTick, onHead: onHead, onBody: onBody)
         sem_init(done, 0, 0)
     }
 
     private struct Callbacks {
-        let onTick: () -> Bool
+        let onTick: (Bool) -> Bool
         let onHead: (HTTPResponseHead) -> Void
         let onBody: (UnsafeRawBufferPointer) -> Bool
     }
@@ -222,7 +227,7 @@ final class Transfer: @unchecked Sendable {
         sem_post(done)
     }
 
-    func tick() -> Bool { callbacks?.onTick() ?? false }
+    func tick(outputHasRoom: Bool) -> Bool { callbacks?.onTick(outputHasRoom) ?? false }
 
     func header(_ line: UnsafeRawBufferPointer) {
         let text = String(decoding: line, as: UTF8.self)

@@ -74,9 +74,11 @@ final class TransferLoop: @unchecked Sendable {
     }
 
     private func loop() -> Never {
-        // Stop and wake signals belong to the threads that wait for them.
+        // Stop and wake signals belong to the threads that wait for them; faults stay
+        // deliverable here, or a crash on this thread would lose its backtrace.
         var signals = sigset_t()
         sigfillset(&signals)
+        for fault in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT] { sigdelset(&signals, fault) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         let capacity = 256
         var tags = [UInt64](repeating: 0, count: capacity)
@@ -155,7 +157,12 @@ final class TransferLoop: @unchecked Sendable {
         if events & EPOLLOUT.rawValue != 0, transfer.awaitingOutput {
             transfer.awaitingOutput = false
             _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, EPOLLIN.rawValue, watchTag(transfer))
-            _ = curl_easy_pause(transfer.easy, CURLPAUSE_CONT)
+            // Unpausing delivers the held bytes at once; if they are refused, libcurl will not
+            // schedule the transfer again, so it ends here.
+            let code = curl_easy_pause(transfer.easy, CURLPAUSE_CONT)
+            if code != CURLE_OK {
+                finish(transfer, failure: transfer.stopRequested ? .stopped : .transport(String(cString: curl_easy_strerror(code))))
+            }
             collectFinished()
         }
     }
@@ -164,19 +171,26 @@ final class TransferLoop: @unchecked Sendable {
     func awaitOutput(for transfer: Transfer) {
         guard let watch = transfer.watch, !transfer.awaitingOutput else { return }
         transfer.awaitingOutput = true
+        transfer.pausedSince = Clock.monotonicMilliseconds()
         _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, watch, EPOLLIN.rawValue | EPOLLOUT.rawValue, watchTag(transfer))
     }
 
-    /// Each transfer's `onTick`, about every `tickMilliseconds`; skipped while its client's
-    /// socket is full, since a tick may write a keepalive.
+    /// Each transfer's `onTick`, about every `tickMilliseconds`, told whether its client's
+    /// socket can take a write. libcurl exempts a paused transfer from its stall timeout, so a
+    /// client that reads nothing for as long ends it here.
     private func sweepTicks() {
         let now = Clock.monotonicMilliseconds()
         guard now >= nextTickSweep else { return }
         nextTickSweep = now + Self.tickSweepMilliseconds
         for transfer in running.values where now >= transfer.nextTick {
             transfer.nextTick = now + transfer.tickMilliseconds
-            guard !transfer.awaitingOutput, transfer.outputHasRoom else { continue }
-            if !transfer.tick() { finish(transfer, failure: .stopped) }
+            if transfer.awaitingOutput, now - transfer.pausedSince >= transfer.stallTimeoutMilliseconds {
+                finish(transfer, failure: .timedOut("our client read nothing for \(Int(transfer.stallTimeoutMilliseconds / 1000)) s"))
+                continue
+            }
+            if !transfer.tick(outputHasRoom: !transfer.awaitingOutput && transfer.outputHasRoom) {
+                finish(transfer, failure: .stopped)
+            }
         }
     }
 

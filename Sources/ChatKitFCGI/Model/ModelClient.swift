@@ -37,8 +37,9 @@ public protocol ModelStreamObserver: AnyObject {
     /// A chunk as the server sent it (`payload` is the SSE data) plus what we parsed from it.
     /// Returns false when the chunk cannot be delivered (client gone).
     func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool
-    /// Called about every 100 ms while waiting; false stops the transfer.
-    func idle() -> Bool
+    /// Called about every 100 ms while waiting; false stops the transfer. A keepalive may be
+    /// written only when `canWrite` (otherwise our client's socket is full).
+    func idle(canWrite: Bool) -> Bool
     /// Our client's socket, polled while waiting so a disconnect stops the transfer quickly.
     var clientDescriptor: Int32? { get }
 }
@@ -155,7 +156,7 @@ public final class ModelClient: ChatModel {
         let head: HTTPResponseHead
         do throws(TransferError) {
             head = try http.perform(
-                request, watch: observer.clientDescriptor, onTick: { observer.idle() },
+                request, watch: observer.clientDescriptor, onTick: { observer.idle(canWrite: $0) },
                 onHead: { status = $0.status }
             ) { bytes in
                 guard (200..<300).contains(status) else {

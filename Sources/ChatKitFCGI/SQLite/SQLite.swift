@@ -130,19 +130,26 @@ public final class SQLiteConnection {
     public var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 
     /// Inside a transaction: if `body` throws, only what it changed is undone.
+    /// When that undo fails, the whole transaction is rolled back rather than left holding a
+    /// failed write's changes (`inTransaction` then turns false).
     public func savepoint<T>(_ body: () throws -> T) throws -> T {
         try bracketed(begin: "SAVEPOINT one_write", commit: ["RELEASE one_write"],
-                      rollback: ["ROLLBACK TO one_write", "RELEASE one_write"], body)
+                      rollback: ["ROLLBACK TO one_write", "RELEASE one_write"], ifRollbackFails: "ROLLBACK", body)
     }
 
-    private func bracketed<T>(begin: String, commit: [String], rollback: [String], _ body: () throws -> T) throws -> T {
+    private func bracketed<T>(begin: String, commit: [String], rollback: [String], ifRollbackFails: String? = nil,
+                              _ body: () throws -> T) throws -> T {
         try run(begin)
         do {
             let result = try body()
             for statement in commit { try run(statement) }
             return result
         } catch {
-            for statement in rollback { _ = try? run(statement) }
+            do {
+                for statement in rollback { try run(statement) }
+            } catch {
+                if let ifRollbackFails { _ = try? run(ifRollbackFails) }
+            }
             throw error
         }
     }

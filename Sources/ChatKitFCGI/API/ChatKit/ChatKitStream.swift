@@ -121,9 +121,9 @@ final class ChatKitStream: AgentObserver {
         return .object([("type", "workflow"), ("workflow", .object(inner))])
     }
 
-    func idle() -> Bool {
+    func idle(canWrite: Bool) -> Bool {
         if app.lifecycle.graceExpired { return false }
-        if sse.isQuiet(for: app.config.keepaliveSeconds) { return sse.keepalive() }
+        if canWrite, sse.isQuiet(for: app.config.keepaliveSeconds) { return sse.keepalive() }
         return !sse.clientGone
     }
 

@@ -28,7 +28,7 @@ public enum Titles {
     /// The title call streams nowhere; nobody is waiting on it.
     private final class SilentObserver: ModelStreamObserver {
         func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool { true }
-        func idle() -> Bool { true }
+        func idle(canWrite: Bool) -> Bool { true }
         var clientDescriptor: Int32? { nil }
     }
 }
