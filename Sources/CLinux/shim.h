@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <malloc.h>  // mallopt
 
 // struct epoll_event is packed on x86-64, which Swift does not import faithfully: these keep
 // its layout on the C side. A registration is identified by a 64-bit tag.

@@ -31,8 +31,9 @@ the probe showed, an in-band error record, a timeout or any exception.
 
 Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
 percentile), throughput (completed streams/s) of both and their ratio, errors, responder CPU
-seconds per request (utime+stime from /proc/<pid>/stat around the nginx phase), responder
-VmRSS/VmHWM after the level, plus CPU per request of nginx, the mock and the client itself and
+seconds per request (utime+stime from /proc/<pid>/stat around the nginx phase), its minor page
+faults and context switches per request (where its kernel time goes), responder VmRSS/VmHWM
+after the level, plus CPU per request of nginx, the mock and the client itself and
 how busy the machine was (the machine is shared by all four).
 
 Targets (reported as PASS/FAIL, they do not change the exit status):
@@ -306,6 +307,23 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def kernel_events(pid):
+    """Minor page faults (whole process) and context switches (summed over its threads): where
+    the kernel's share of the responder's CPU goes, counted rather than timed."""
+    events = {"minor_faults": 0, "context_switches": 0}
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            events["minor_faults"] = int(stat.read().rsplit(")", 1)[1].split()[7])
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                for line in status:
+                    if "ctxt_switches:" in line:
+                        events["context_switches"] += int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return events
+
+
 def memory_kib(pid):
     values = {}
     try:
@@ -445,6 +463,12 @@ def markdown(results, args):
             f"| {level['machine_busy']['direct'] * 100:.0f}% / {level['machine_busy']['nginx'] * 100:.0f}% "
             f"| {fmt(level['responder_memory_kib'].get('VmRSS', 0) / 1024, 1)} / "
             f"{fmt(level['responder_memory_kib'].get('VmHWM', 0) / 1024, 1)} |")
+    lines.append("")
+    lines.append("| streams | responder minor page faults / req | responder context switches / req |")
+    lines.append("|---:|---:|---:|")
+    for level in results:
+        events = level["responder_events_per_request"]
+        lines.append(f"| {level['concurrency']} | {fmt(events['minor_faults'], 1)} | {fmt(events['context_switches'], 1)} |")
     return "\n".join(lines)
 
 
@@ -601,8 +625,10 @@ async def benchmark(stack, args):
         for target in (direct, nginx):
             mock_call(stack, "DELETE", "/_mock/requests")
             before = CPUSnapshot(pids)
+            events_before = kernel_events(responder_pid)
             phase = await run_phase(target, concurrency, per_slot=per_slot)
             used = CPUSnapshot(pids).since(before)
+            events_after = kernel_events(responder_pid)
             summary = summarize(phase)
             summary["mock_stats"] = mock_call(stack, "GET", "/_mock/stats")
             level[target.name] = summary
@@ -613,6 +639,9 @@ async def benchmark(stack, args):
                 print(f"  warning: {other[target.name] * 100:.0f}% of the machine was busy with other processes "
                       f"during the {target.name} phase", flush=True)
             cpu[target.name] = {name: seconds * 1000 / requests for name, seconds in used.items()}
+            if target is nginx:
+                level["responder_events_per_request"] = {
+                    name: (events_after[name] - events_before[name]) / requests for name in events_after}
             print(f"  {concurrency:>4} streams {target.name:>6}: {summary['requests']} requests, "
                   f"TTFT p50 {summary['ttft_ms']['p50']:.2f} ms p99 {summary['ttft_ms']['p99']:.2f} ms, "
                   f"{summary['throughput_per_s']:.1f} streams/s, errors {summary['errors']}"

@@ -1,4 +1,5 @@
 import CFastCGI
+import CLinux
 import Glibc
 
 /// `chatkit-fcgi serve | token | migrate | check-config`. Returns the exit status.
@@ -60,6 +61,7 @@ public enum ChatKitCommand {
         let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
         try SQLiteStore(database: database).migrate()
         raiseOpenFileLimit()
+        keepFreedMemory()
         Curl.globalInit()
         let app = Application(config: config, verifier: Application.verifier(for: config), database: database)
         do {
@@ -120,6 +122,16 @@ public enum ChatKitCommand {
         Log.info(stragglers == 0 ? "stopped" : "stopped with \(stragglers) workers still busy")
         // Threads may still be running: leave without running exit handlers under them.
         _exit(0)
+    }
+
+    /// glibc gives memory back to the kernel as soon as 128 KiB lie free at the top of an arena.
+    /// With hundreds of threads sharing a few arenas that happened on most requests, and the next
+    /// one faulted the pages back in (measured at 256 streams: 37 page faults per request, 13% of
+    /// the responder's CPU). Now only a surplus of 32 MiB goes back. An operator's own
+    /// `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` wins.
+    private static func keepFreedMemory() {
+        guard getenv("MALLOC_TRIM_THRESHOLD_") == nil, getenv("GLIBC_TUNABLES") == nil else { return }
+        _ = mallopt(M_TRIM_THRESHOLD, 32 << 20)
     }
 
     /// Every busy thread holds about five descriptors (FastCGI, model connection, SQLite's three
