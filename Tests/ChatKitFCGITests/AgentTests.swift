@@ -14,7 +14,7 @@ final class ScriptedModel: ChatModel {
         for word in answer.text.split(separator: " ") {
             var chunk = try! ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(String(word))]]]])
             chunk.content = String(word)
-            if !observer.modelChunk(payload: "{}", parsed: chunk) { var cut = answer; cut.failure = .cancelled; return cut }
+            if !observer.modelChunk(payload: Array("{}".utf8), parsed: chunk) { var cut = answer; cut.failure = .cancelled; return cut }
         }
         return answer
     }
@@ -25,7 +25,7 @@ final class RecordingObserver: AgentObserver {
     var toolResults: [(ToolCall, Result<JSON, ToolError>)] = []
     var acceptChunks = true
     var clientDescriptor: Int32? { nil }
-    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool { chunks += 1; return acceptChunks }
+    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { chunks += 1; return acceptChunks }
     func idle(canWrite: Bool) -> Bool { true }
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) { toolResults.append((call, result)) }
 }

@@ -59,18 +59,20 @@ struct ChatEndpoint {
         let chat = try ChatRequest(body: request.body)
         let store = try worker.store()
         let conversation: Conversation
+        let history: [ChatMessage]
         if let id = chat.conversationID {
             guard let owned = try store.conversation(id: id, userID: user) else {
                 throw APIError.notFound("conversation not found")
             }
             conversation = owned
             try store.append([.user(chat.message)], to: owned.id)
+            history = try store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit)
         } else {
             // The conversation and its first message in one write.
             conversation = try store.createConversation(
                 userID: user, title: Titles.truncate(chat.message), first: [ConversationEntry(.user(chat.message))])
+            history = [.user(chat.message)]  // just written: no need to read it back
         }
-        let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, worker: worker)
         let summary = try worker.agent().run(
@@ -105,7 +107,7 @@ final class ChatStream: AgentObserver {
         sse.send(["type": "conversation", "conversation_id": .int(Int(conversationID))])
     }
 
-    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool {
+    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool {
         startIfNeeded()
         return sse.send(payload: payload)
     }

@@ -26,10 +26,10 @@ public final class SSEWriter {
 
     /// `data: <payload>\n\n` for a payload that is already one line of JSON.
     @discardableResult
-    public func send(payload: String) -> Bool {
+    public func send(payload: [UInt8]) -> Bool {
         buffer.removeAll(keepingCapacity: true)
         buffer.append(contentsOf: "data: ".utf8)
-        buffer.append(contentsOf: payload.utf8)
+        buffer.append(contentsOf: payload)
         buffer.append(contentsOf: "\n\n".utf8)
         return flush()
     }
@@ -57,7 +57,9 @@ public final class SSEWriter {
     }
 
     @discardableResult
-    public func done() -> Bool { send(payload: "[DONE]") }
+    public func done() -> Bool { send(payload: Self.donePayload) }
+
+    private static let donePayload = Array("[DONE]".utf8)
 
     private func flush() -> Bool {
         guard !clientGone else { return false }

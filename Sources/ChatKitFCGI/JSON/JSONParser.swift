@@ -149,20 +149,36 @@ struct JSONParser {
     private func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
 
     private mutating func parseString() throws(JSONParseError) -> String {
+        if let raw = try rawString() { return try validatedString(raw) }
+        return try parseEscapedString()
+    }
+
+    /// Consumes a string without escapes and returns its bytes (not yet checked as UTF-8);
+    /// nil, having consumed nothing, when it has escapes.
+    private mutating func rawString() throws(JSONParseError) -> UnsafeBufferPointer<UInt8>? {
+        let start = index + 1
+        var end = start
+        while end < bytes.count {
+            let byte = bytes[end]
+            if byte == UInt8(ascii: "\"") {
+                index = end + 1
+                return UnsafeBufferPointer(rebasing: bytes[start..<end])
+            }
+            if byte == UInt8(ascii: "\\") { return nil }
+            if byte < 0x20 {
+                index = end
+                throw error("control character in string")
+            }
+            end += 1
+        }
+        index = end
+        throw error("unterminated string")
+    }
+
+    private mutating func parseEscapedString() throws(JSONParseError) -> String {
         index += 1
         let start = index
-        // Fast path: no escapes, so the bytes are the string.
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") {
-                let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
-                index += 1
-                return try validatedString(slice)
-            }
-            if byte == UInt8(ascii: "\\") { break }
-            if byte < 0x20 { throw error("control character in string") }
-            index += 1
-        }
+        while bytes[index] != UInt8(ascii: "\\") { index += 1 }  // rawString found one
         var scalars = Array(UnsafeBufferPointer(rebasing: bytes[start..<index]))
         while index < bytes.count {
             let byte = bytes[index]
@@ -184,8 +200,95 @@ struct JSONParser {
     }
 
     private func validatedString(_ utf8: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> String {
+        // ASCII needs no validation, and the generic validating initialiser costs a metadata
+        // lookup per string: most strings on the per-chunk path are ASCII.
+        if utf8.allSatisfy({ $0 < 0x80 }) { return String(decoding: utf8, as: UTF8.self) }
         guard let string = String(validating: utf8, as: UTF8.self) else { throw error("invalid UTF-8") }
         return string
+    }
+
+    // MARK: Reading in place
+    //
+    // For the per-chunk path: walk a document, decode the few values wanted and check and skip
+    // the rest, without building a tree for it.
+
+    /// The next byte, if any (after whitespace the caller skipped).
+    var next: UInt8? { index < bytes.count ? bytes[index] : nil }
+
+    /// Checks one value as `parseValue` would, without keeping it.
+    mutating func skipValue(depth: Int) throws(JSONParseError) {
+        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        switch next {
+        case UInt8(ascii: "{")?: try forEachMember(depth: depth) { _, parser throws(JSONParseError) in try parser.skipValue(depth: depth + 1) }
+        case UInt8(ascii: "[")?: try forEachElement(depth: depth) { parser throws(JSONParseError) in try parser.skipValue(depth: depth + 1) }
+        case UInt8(ascii: "\"")?:
+            if let raw = try rawString() {
+                if !raw.allSatisfy({ $0 < 0x80 }) { _ = try validatedString(raw) }
+            } else {
+                _ = try parseEscapedString()
+            }
+        default: _ = try parseValue(depth: depth)  // a scalar: nothing to allocate
+        }
+    }
+
+    /// Calls `body` with each member's name (its UTF-8, unescaped) and the parser at its value,
+    /// which `body` must consume. The parser must be at the object's `{`.
+    mutating func forEachMember(
+        depth: Int, _ body: (UnsafeBufferPointer<UInt8>, inout JSONParser) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) {
+        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        index += 1
+        skipWhitespace()
+        if next == UInt8(ascii: "}") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard next == UInt8(ascii: "\"") else { throw error("expected member name") }
+            var escapedName: String?
+            let raw = try rawString()
+            if raw == nil { escapedName = try parseEscapedString() }
+            skipWhitespace()
+            guard next == UInt8(ascii: ":") else { throw error("expected ':'") }
+            index += 1
+            skipWhitespace()
+            if let raw {
+                try body(raw, &self)
+            } else {
+                try Array(escapedName!.utf8).withUnsafeBufferPointer { name throws(JSONParseError) in try body(name, &self) }
+            }
+            skipWhitespace()
+            switch next {
+            case UInt8(ascii: ",")?: index += 1
+            case UInt8(ascii: "}")?: index += 1; return
+            case nil: throw error("unterminated object")
+            default: throw error("expected ',' or '}'")
+            }
+        }
+    }
+
+    /// Calls `body` with the parser at each element, which `body` must consume. The parser must
+    /// be at the array's `[`.
+    mutating func forEachElement(depth: Int, _ body: (inout JSONParser) throws(JSONParseError) -> Void) throws(JSONParseError) {
+        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        index += 1
+        skipWhitespace()
+        if next == UInt8(ascii: "]") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            try body(&self)
+            skipWhitespace()
+            switch next {
+            case UInt8(ascii: ",")?: index += 1
+            case UInt8(ascii: "]")?: index += 1; return
+            case nil: throw error("unterminated array")
+            default: throw error("expected ',' or ']'")
+            }
+        }
     }
 
     private mutating func appendEscape(to output: inout [UInt8]) throws(JSONParseError) {

@@ -19,30 +19,130 @@ public struct ChatCompletionChunk: Equatable {
     public var finishReason: String?
     public var usage: Usage?
 
-    /// `nil` when the payload is an in-band error instead of a chunk; `error` then says why.
-    public init(_ json: JSON) throws(ModelError) {
-        if let error = json["error"], error != .null, error != .bool(false) {
+    /// Reads a chunk straight from its bytes: the fields above are decoded, the rest is checked
+    /// and skipped. (Building a JSON tree of every chunk was the largest part of relaying one.)
+    /// A record that is an in-band error instead of a chunk throws that error.
+    public init(bytes: UnsafeBufferPointer<UInt8>) throws(ModelError) {
+        var error: JSON?
+        var usage: JSON?
+        var choice: Choice?
+        var parser = JSONParser(bytes)
+        do throws(JSONParseError) {
+            parser.skipWhitespace()
+            if parser.next == UInt8(ascii: "{") {
+                // With duplicate names the last one wins, as `JSON`'s subscript has it.
+                try parser.forEachMember(depth: 0) { name, parser throws(JSONParseError) in
+                    switch Name(name) {
+                    case .error?: error = try parser.parseValue(depth: 1)
+                    case .usage?: usage = try parser.parseValue(depth: 1)
+                    case .choices?:
+                        choice = nil
+                        guard parser.next == UInt8(ascii: "[") else { return try parser.skipValue(depth: 1) }
+                        try parser.forEachElement(depth: 1) { parser throws(JSONParseError) in
+                            // One choice is requested (n = 1); other indexes belong to other answers.
+                            let candidate = try Choice(&parser, depth: 2)
+                            if choice == nil, candidate.index == 0 { choice = candidate }
+                        }
+                    default: try parser.skipValue(depth: 1)
+                    }
+                }
+            } else {
+                try parser.skipValue(depth: 0)
+            }
+            parser.skipWhitespace()
+            guard parser.next == nil else { throw parser.error("unexpected trailing data") }
+        } catch {
+            throw .streamError("a stream record is not JSON (\(error))")
+        }
+        guard bytes.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{") else {
+            throw .streamError("a stream record is not a JSON object")
+        }
+        if let error, error != .null, error != .bool(false) {
             throw .streamError(Self.message(of: error) ?? "the model server reported an error mid-stream")
         }
-        guard case .object = json else { throw .streamError("a stream record is not a JSON object") }
-        if case .object = json["usage"] ?? .null {
+        if case .object = usage ?? .null {
             // Counts come from the model server: clamp them so summing rounds cannot overflow.
             let plausible = 0...Int(Int32.max)
-            usage = Usage(
-                promptTokens: (json["usage"]?["prompt_tokens"]?.intValue ?? 0).clamped(to: plausible),
-                completionTokens: (json["usage"]?["completion_tokens"]?.intValue ?? 0).clamped(to: plausible))
+            self.usage = Usage(
+                promptTokens: (usage?["prompt_tokens"]?.intValue ?? 0).clamped(to: plausible),
+                completionTokens: (usage?["completion_tokens"]?.intValue ?? 0).clamped(to: plausible))
         }
-        // One choice is requested (n = 1); other indexes would belong to other answers.
-        guard let choice = json["choices"]?.arrayValue?.first(where: { ($0["index"]?.intValue ?? 0) == 0 }) else { return }
-        finishReason = choice["finish_reason"]?.stringValue
-        guard let delta = choice["delta"] else { return }
-        content = delta["content"]?.stringValue
-        refusal = delta["refusal"]?.stringValue
-        for fragment in delta["tool_calls"]?.arrayValue ?? [] {
-            toolCalls.append(ToolCallFragment(
-                index: fragment["index"]?.intValue, id: fragment["id"]?.stringValue,
-                name: fragment["function"]?["name"]?.stringValue,
-                arguments: fragment["function"]?["arguments"]?.stringValue))
+        guard let choice else { return }
+        finishReason = choice.finishReason
+        content = choice.content
+        refusal = choice.refusal
+        toolCalls = choice.toolCalls
+    }
+
+    public init(_ json: JSON) throws(ModelError) {
+        self = try json.serializedBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
+            try ChatCompletionChunk(bytes: bytes)
+        }
+    }
+
+    /// The member names read; any other is skipped.
+    private enum Name {
+        case error, usage, choices, index, finishReason, delta, content, refusal, toolCalls
+
+        init?(_ utf8: UnsafeBufferPointer<UInt8>) {
+            func equals(_ name: StaticString) -> Bool {
+                utf8.elementsEqual(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+            }
+            switch utf8.count {
+            case 5 where equals("error"): self = .error
+            case 5 where equals("usage"): self = .usage
+            case 5 where equals("index"): self = .index
+            case 5 where equals("delta"): self = .delta
+            case 7 where equals("choices"): self = .choices
+            case 7 where equals("content"): self = .content
+            case 7 where equals("refusal"): self = .refusal
+            case 10 where equals("tool_calls"): self = .toolCalls
+            case 13 where equals("finish_reason"): self = .finishReason
+            default: return nil
+            }
+        }
+    }
+
+    /// What one element of `choices` holds for us.
+    private struct Choice {
+        var index = 0
+        var finishReason: String?
+        var content: String?
+        var refusal: String?
+        var toolCalls: [ToolCallFragment] = []
+
+        init(_ parser: inout JSONParser, depth: Int) throws(JSONParseError) {
+            guard parser.next == UInt8(ascii: "{") else {
+                try parser.skipValue(depth: depth)
+                return
+            }
+            try parser.forEachMember(depth: depth) { name, parser throws(JSONParseError) in
+                switch Name(name) {
+                case .index?: index = try parser.parseValue(depth: depth + 1).intValue ?? 0
+                case .finishReason?: finishReason = try parser.parseValue(depth: depth + 1).stringValue
+                case .delta?:
+                    (content, refusal, toolCalls) = (nil, nil, [])
+                    guard parser.next == UInt8(ascii: "{") else { return try parser.skipValue(depth: depth + 1) }
+                    try parser.forEachMember(depth: depth + 1) { name, parser throws(JSONParseError) in
+                        switch Name(name) {
+                        case .content?: content = try parser.parseValue(depth: depth + 2).stringValue
+                        case .refusal?: refusal = try parser.parseValue(depth: depth + 2).stringValue
+                        case .toolCalls?: toolCalls = Self.fragments(try parser.parseValue(depth: depth + 2))
+                        default: try parser.skipValue(depth: depth + 2)
+                        }
+                    }
+                default: try parser.skipValue(depth: depth + 1)
+                }
+            }
+        }
+
+        static func fragments(_ json: JSON) -> [ToolCallFragment] {
+            (json.arrayValue ?? []).map { fragment in
+                ToolCallFragment(
+                    index: fragment["index"]?.intValue, id: fragment["id"]?.stringValue,
+                    name: fragment["function"]?["name"]?.stringValue,
+                    arguments: fragment["function"]?["arguments"]?.stringValue)
+            }
         }
     }
 

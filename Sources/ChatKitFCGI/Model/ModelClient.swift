@@ -36,7 +36,7 @@ public struct ModelTurn {
 public protocol ModelStreamObserver: AnyObject {
     /// A chunk as the server sent it (`payload` is the SSE data) plus what we parsed from it.
     /// Returns false when the chunk cannot be delivered (client gone).
-    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool
+    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool
     /// Called about every 100 ms while waiting; false stops the transfer. A keepalive may be
     /// written only when `canWrite` (otherwise our client's socket is full).
     func idle(canWrite: Bool) -> Bool
@@ -121,27 +121,24 @@ public final class ModelClient: ChatModel {
         func handle(_ event: SSEEvent) -> Bool {
             // Read to the end after [DONE], so the connection stays reusable for the next request.
             if sawDone { return true }
-            if event.data.hasPrefix("[DONE]") {
+            if event.dataBytes.starts(with: "[DONE]".utf8) {
                 sawDone = true
                 return true
             }
             do throws(ModelError) {
-                let json: JSON
-                do throws(JSONParseError) {
-                    json = try JSON.parse(event.data)
-                } catch {
-                    throw .streamError("a stream record is not JSON (\(error))")
+                let chunk = try event.dataBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
+                    try ChatCompletionChunk(bytes: bytes)
                 }
-                let chunk = try ChatCompletionChunk(json)
                 turn.text += chunk.content ?? ""
                 turn.refusal += chunk.refusal ?? ""
-                answerBytes += event.data.utf8.count
+                answerBytes += event.dataBytes.count
                 guard answerBytes <= Self.answerByteLimit else { throw .streamError("the answer is larger than we accept") }
                 accumulator.add(chunk.toolCalls)
                 if let reason = chunk.finishReason { turn.finishReason = reason }
                 if let usage = chunk.usage { turn.usage = usage }
-                // A payload spread over several data lines is re-encoded onto one line for our client.
-                let payload = event.spansLines ? json.serialized : event.data
+                // A payload spread over several data lines is re-encoded onto one line for our client
+                // (the chunk was read, so it parses).
+                let payload = event.spansLines ? ((try? JSON.parse(event.dataBytes))?.serializedBytes ?? []) : event.dataBytes
                 if !observer.modelChunk(payload: payload, parsed: chunk) {
                     failure = .cancelled
                     return false

@@ -1,19 +1,38 @@
 /// One dispatched Server-Sent Event.
 public struct SSEEvent: Equatable, Sendable {
     public var event: String?
-    public var data: String
+    /// The data as received: the relay forwards these bytes without decoding them.
+    public var dataBytes: [UInt8]
     public var id: String?
     public var retry: Int?
     /// More than one `data:` line, so `data` holds line feeds.
     public var spansLines = false
+
+    public init(event: String?, data: String, id: String?, retry: Int?, spansLines: Bool = false) {
+        self.init(event: event, dataBytes: Array(data.utf8), id: id, retry: retry, spansLines: spansLines)
+    }
+
+    init(event: String?, dataBytes: [UInt8], id: String?, retry: Int?, spansLines: Bool) {
+        self.event = event
+        self.dataBytes = dataBytes
+        self.id = id
+        self.retry = retry
+        self.spansLines = spansLines
+    }
+
+    public var data: String { String(decoding: dataBytes, as: UTF8.self) }
 }
 
 /// Incremental decoder following the WHATWG event-stream algorithm: bytes may arrive in any
 /// slices, lines end in CR, LF or CRLF (even when a CRLF is split across reads), `:` starts a
 /// comment, one space after the colon is dropped and multi-line `data` is joined with LF.
+///
+/// This is the per-chunk path: a line that arrives whole is read where it lies, and the data
+/// buffer is handed to the event and reused once the event is gone.
 public struct SSEDecoder {
     private static let byteOrderMark: [UInt8] = [0xEF, 0xBB, 0xBF]
-    private var line: [UInt8] = []
+    /// The start of a line whose end has not arrived yet.
+    private var partialLine: [UInt8] = []
     private var lastByteWasCR = false
     private var byteOrderMarkMatched = 0
     private var atStreamStart = true
@@ -27,75 +46,90 @@ public struct SSEDecoder {
     public init() {}
 
     /// Bytes held for a line or an event not finished yet; callers cap it.
-    public var pendingBytes: Int { line.count + data.count }
+    public var pendingBytes: Int { partialLine.count + data.count }
 
     /// Feeds bytes and calls `dispatch` for every complete event, in order.
-    public mutating func feed<Bytes: Sequence>(_ bytes: Bytes, dispatch: (SSEEvent) throws -> Void) rethrows
-    where Bytes.Element == UInt8 {
-        for byte in bytes {
+    public mutating func feed(_ input: UnsafeRawBufferPointer, dispatch: (SSEEvent) throws -> Void) rethrows {
+        var position = 0
+        while position < input.count {
             if atStreamStart {
+                let byte = input[position]
                 if byte == Self.byteOrderMark[byteOrderMarkMatched] {
                     byteOrderMarkMatched += 1
                     if byteOrderMarkMatched == Self.byteOrderMark.count { atStreamStart = false }
+                    position += 1
                     continue
                 }
                 atStreamStart = false
-                line.append(contentsOf: Self.byteOrderMark.prefix(byteOrderMarkMatched))
+                partialLine.append(contentsOf: Self.byteOrderMark.prefix(byteOrderMarkMatched))
             }
-            switch byte {
-            case 0x0A:
-                if lastByteWasCR {
-                    lastByteWasCR = false
+            if lastByteWasCR {
+                lastByteWasCR = false
+                if input[position] == 0x0A {
+                    position += 1
                     continue
                 }
-                try endLine(dispatch)
-            case 0x0D:
-                lastByteWasCR = true
-                try endLine(dispatch)
-            default:
-                lastByteWasCR = false
-                line.append(byte)
+            }
+            var end = position
+            while end < input.count, input[end] != 0x0A, input[end] != 0x0D { end += 1 }
+            let piece = UnsafeRawBufferPointer(rebasing: input[position..<end])
+            guard end < input.count else {
+                partialLine.append(contentsOf: piece)
+                return
+            }
+            lastByteWasCR = input[end] == 0x0D
+            position = end + 1
+            if partialLine.isEmpty {
+                try endLine(piece, dispatch)
+            } else {
+                partialLine.append(contentsOf: piece)
+                // Swapped out, so the line is not read from self while endLine changes self.
+                var line: [UInt8] = []
+                swap(&line, &partialLine)
+                try line.withUnsafeBytes { try endLine($0, dispatch) }
+                line.removeAll(keepingCapacity: true)
+                swap(&line, &partialLine)
             }
         }
     }
 
-    private mutating func endLine(_ dispatch: (SSEEvent) throws -> Void) rethrows {
-        defer { line.removeAll(keepingCapacity: true) }
+    public mutating func feed(_ bytes: [UInt8], dispatch: (SSEEvent) throws -> Void) rethrows {
+        try bytes.withUnsafeBytes { try feed($0, dispatch: dispatch) }
+    }
+
+    private mutating func endLine(_ line: UnsafeRawBufferPointer, _ dispatch: (SSEEvent) throws -> Void) rethrows {
         if line.isEmpty {
             // Per WHATWG an event without data lines is dropped, not dispatched empty.
             guard hasData else { event = nil; retry = nil; return }
-            let dispatched = SSEEvent(event: event, data: String(decoding: data, as: UTF8.self), id: id, retry: retry,
-                                      spansLines: dataSpansLines)
-            event = nil
-            data.removeAll(keepingCapacity: true)
-            hasData = false
-            dataSpansLines = false
-            retry = nil
-            try dispatch(dispatched)
+            defer {
+                event = nil
+                data.removeAll(keepingCapacity: true)  // unshared again once the event is gone
+                hasData = false
+                dataSpansLines = false
+                retry = nil
+            }
+            try dispatch(SSEEvent(event: event, dataBytes: data, id: id, retry: retry, spansLines: dataSpansLines))
             return
         }
         if line[0] == UInt8(ascii: ":") { return }
-        let colon = line.firstIndex(of: UInt8(ascii: ":"))
-        let name = line[..<(colon ?? line.endIndex)]
-        var valueStart = colon.map { $0 + 1 } ?? line.endIndex
+        let colon = line.firstIndex(of: UInt8(ascii: ":")) ?? line.endIndex
+        let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
+        var valueStart = Swift.min(colon + 1, line.endIndex)
         if valueStart < line.endIndex, line[valueStart] == UInt8(ascii: " ") { valueStart += 1 }
-        let value = line[valueStart...]
-        switch String(decoding: name, as: UTF8.self) {
-        case "data":
+        let value = UnsafeRawBufferPointer(rebasing: line[valueStart...])
+        if name.elementsEqual("data".utf8) {
             if hasData {
                 data.append(0x0A)
                 dataSpansLines = true
             }
             data.append(contentsOf: value)
             hasData = true
-        case "event":
+        } else if name.elementsEqual("event".utf8) {
             event = String(decoding: value, as: UTF8.self)
-        case "id":
+        } else if name.elementsEqual("id".utf8) {
             if !value.contains(0) { id = String(decoding: value, as: UTF8.self) }
-        case "retry":
+        } else if name.elementsEqual("retry".utf8) {
             retry = Int(String(decoding: value, as: UTF8.self))
-        default:
-            break
         }
     }
 }

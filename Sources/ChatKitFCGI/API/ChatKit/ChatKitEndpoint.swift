@@ -157,7 +157,8 @@ struct ChatKitEndpoint {
         sse.start()
         sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)])
         sendDone(message, in: created, sse: sse)
-        try runAgent(in: created, sse: sse, writer: writer, log: &log, titleSource: input.text)
+        // Just written: no need to read the history back.
+        try runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
     private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
@@ -226,11 +227,12 @@ struct ChatKitEndpoint {
                   "allow_retry": false])
     }
 
-    private func runAgent(in conversation: Conversation, sse: SSEWriter, writer: ResponseWriter, log: inout RequestLog,
-                          titleSource: String?) throws {
+    private func runAgent(in conversation: Conversation, history knownHistory: [ChatMessage]? = nil, sse: SSEWriter,
+                          writer: ResponseWriter, log: inout RequestLog, titleSource: String?) throws {
         sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
         let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
-        let history = try store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
+        let history = try knownHistory
+            ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
         let agent = worker.agent(clientTools: worker.app.config.clientTools)
         let summary = try agent.run(history: history, context: ToolContext(userID: user, store: store), observer: stream,
                                     record: stream.record)

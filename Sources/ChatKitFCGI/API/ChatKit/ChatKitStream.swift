@@ -52,7 +52,7 @@ final class ChatKitStream: AgentObserver {
 
     // MARK: Model and tool events
 
-    func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool {
+    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool {
         guard let delta = parsed.content ?? parsed.refusal, !delta.isEmpty else { return !sse.clientGone }
         if assistant == nil {
             let opened = OpenMessage(id: PublicID.make("msg"))

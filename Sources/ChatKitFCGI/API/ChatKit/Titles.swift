@@ -27,7 +27,7 @@ public enum Titles {
 
     /// The title call streams nowhere; nobody is waiting on it.
     private final class SilentObserver: ModelStreamObserver {
-        func modelChunk(payload: String, parsed: ChatCompletionChunk) -> Bool { true }
+        func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { true }
         func idle(canWrite: Bool) -> Bool { true }
         var clientDescriptor: Int32? { nil }
     }
