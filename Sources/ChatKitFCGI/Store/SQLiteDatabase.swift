@@ -14,6 +14,12 @@ import Glibc
 /// `writeLock`, so the checkpoint thread can hold writers back; the busy timeout still covers
 /// other processes (a second responder, a migration).
 ///
+/// Every commit runs on one connection, `writer`, whichever thread leads it. Only this process's
+/// commits change the pages it has cached, so its cache stays valid from one commit to the
+/// next. Before, each group ran on its leader's own connection, whose cache the other threads'
+/// commits had made stale: it read every page it changed back in (measured at 256 streams:
+/// about 13 reads of 4 KiB per request).
+///
 /// `@unchecked Sendable`: everything mutable is guarded by a pthread mutex.
 public final class SQLiteDatabase: @unchecked Sendable {
     public let path: String
@@ -24,6 +30,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// committing (it, or the thread it hands over to, will take them).
     private var queue: [Write] = []
     private var committing = false
+    /// Guarded by `writeLock`: opened by the first commit.
+    private var writer: SQLiteConnection?
     private static let batchLimit = 64
 
     public init(path: String, checkpointsInBackground: Bool = false) {
@@ -76,10 +84,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
         func wake() { sem_post(signal) }
     }
 
-    /// Runs `body` in a transaction, committed together with whatever other writes are waiting;
-    /// on `connection` when this thread does the commit. `body` must not write through the
-    /// database itself: it would wait for its own commit.
-    func write<T>(on connection: SQLiteConnection, _ body: (SQLiteConnection) throws -> T) throws -> T {
+    /// Runs `body` in a transaction on the writer connection, committed together with whatever
+    /// other writes are waiting. `body` must not write through the database itself: it would
+    /// wait for its own commit.
+    func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
         var outcome: Result<T, any Error>?
         let write = withoutActuallyEscaping(body) { body in
             let write = Write { connection in outcome = Result { try connection.savepoint { try body(connection) } } }
@@ -92,7 +100,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
                 write.wait()
                 guard write.takesOver else { return write }
             }
-            commitGroups(on: connection, until: write)
+            commitGroups(until: write)
             return write
         }
         if let failure = write.commitFailure { throw failure }
@@ -107,13 +115,13 @@ public final class SQLiteDatabase: @unchecked Sendable {
 
     /// Commits groups of waiting writes until `own` is committed, then hands the next group to
     /// the thread of the oldest write still waiting, if any.
-    private func commitGroups(on connection: SQLiteConnection, until own: Write) {
+    private func commitGroups(until own: Write) {
         while true {
             pthread_mutex_lock(queueLock)
             let group = Array(queue.prefix(Self.batchLimit))
             queue.removeFirst(group.count)
             pthread_mutex_unlock(queueLock)
-            commit(group, on: connection)
+            commit(group)
             if group.contains(where: { $0 === own }) { break }
         }
         pthread_mutex_lock(queueLock)
@@ -126,10 +134,11 @@ public final class SQLiteDatabase: @unchecked Sendable {
         pthread_mutex_unlock(queueLock)
     }
 
-    private func commit(_ group: [Write], on connection: SQLiteConnection) {
+    private func commit(_ group: [Write]) {
         var failure: (any Error)?
         do {
             try serializingWrites {
+                let connection = try writerConnection()
                 try connection.transaction {
                     for write in group {
                         write.body?(connection)
@@ -148,6 +157,16 @@ public final class SQLiteDatabase: @unchecked Sendable {
             write.commitFailure = failure
             write.wake()
         }
+    }
+
+    /// Under `writeLock`.
+    private func writerConnection() throws -> SQLiteConnection {
+        if let writer { return writer }
+        let opened = try SQLiteConnection(path: path)
+        // The checkpoint thread copies the WAL back; a commit never stops to do it.
+        if checkpointsInBackground { try opened.execute("PRAGMA wal_autocheckpoint = 0") }
+        writer = opened
+        return opened
     }
 
     /// A plain (non-spinning) mutex on purpose: holders wait for a commit or a checkpoint, and

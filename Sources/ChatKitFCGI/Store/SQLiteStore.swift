@@ -1,4 +1,5 @@
-/// The embedded store. One instance (one connection) per worker thread.
+/// The embedded store. One instance per worker thread, with a connection of its own for reads;
+/// writes go through the database's group commit.
 public final class SQLiteStore: Store {
     private let db: SQLiteConnection
     private let database: SQLiteDatabase
@@ -6,18 +7,17 @@ public final class SQLiteStore: Store {
     public init(database: SQLiteDatabase) throws {
         self.database = database
         db = try SQLiteConnection(path: database.path)
-        if database.checkpointsInBackground { try db.execute("PRAGMA wal_autocheckpoint = 0") }
     }
 
     public convenience init(path: String) throws {
         try self.init(database: SQLiteDatabase(path: path))
     }
 
-    /// Every write goes through the database's group commit: `body` is handed the connection of
-    /// whichever thread commits its group, which may not be this store's.
+    /// Every write goes through the database's group commit: `body` is handed the database's
+    /// writer connection, not this store's.
     @discardableResult
     private func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
-        try database.write(on: db, body)
+        try database.write(body)
     }
 
     /// Versioned schema steps; `PRAGMA user_version` records how many have run.
