@@ -9,6 +9,8 @@ final class FastCGIExchange: ResponseWriter {
     private(set) var headWritten = false
     private(set) var status = 0
     private var failed = false
+    /// The request body was read to its end: nothing from the server is left unread.
+    private(set) var inputFullyRead = false
 
     init(_ request: UnsafeMutablePointer<FCGX_Request>) {
         self.request = request
@@ -52,7 +54,10 @@ final class FastCGIExchange: ResponseWriter {
         var chunk = [CChar](repeating: 0, count: 16 << 10)
         while true {
             let count = Int(FCGX_GetStr(&chunk, Int32(chunk.count), request.pointee.in))
-            if count <= 0 { break }
+            if count <= 0 {
+                inputFullyRead = FCGX_GetError(request.pointee.in) == 0
+                break
+            }
             chunk.withUnsafeBytes { body.append(contentsOf: $0.prefix(count)) }
             if body.count > maxBodyBytes { return .failure(.payloadTooLarge(limit: maxBodyBytes)) }
         }

@@ -132,6 +132,12 @@ public final class FastCGIServer: @unchecked Sendable {
             }
             exchange.finish()
             log.status = exchange.status
+            // libfcgi closes with a lingering close: shut down our side, then wait for nginx to
+            // close first, so that input we never read cannot turn into a connection reset that
+            // loses the answer. With the input read to its end a plain close is as safe, and
+            // saves a sleep, a wake-up and three system calls per request. (FCGX_Detach only
+            // marks the request for that; the flag is cleared with the connection.)
+            if exchange.inputFullyRead { FCGX_Detach(request) }
             FCGX_Finish_r(request)
             app.lifecycle.requestEnded()
             Log.info(log.line)
