@@ -25,6 +25,7 @@ final class RecordingObserver: AgentObserver {
     var toolResults: [(ToolCall, Result<JSON, ToolError>)] = []
     var acceptChunks = true
     var clientDescriptor: Int32? { nil }
+    var outputHasRoom: Bool { true }
     func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { chunks += 1; return acceptChunks }
     func idle(canWrite: Bool) -> Bool { true }
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) { toolResults.append((call, result)) }

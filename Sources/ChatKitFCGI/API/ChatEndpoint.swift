@@ -100,6 +100,7 @@ final class ChatStream: AgentObserver {
     }
 
     var clientDescriptor: Int32? { writer.clientDescriptor }
+    var outputHasRoom: Bool { writer.hasRoom }
 
     private func startIfNeeded() {
         guard !sse.started else { return }

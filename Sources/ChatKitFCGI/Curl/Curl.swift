@@ -108,13 +108,15 @@ public final class HTTPClient {
     /// waits while the transfer loop runs it, and the callbacks run on the loop's thread.
     ///
     /// `watch` is our client's socket: the transfer stops when it becomes readable (the client
-    /// went away), and body bytes are held back (the download pauses) while it cannot take
-    /// more output; a pause longer than the stall timeout ends the transfer. `onTick` runs about
+    /// went away). `outputHasRoom` says whether the callbacks can write to it now without
+    /// blocking; while it says no, body bytes are held back (the download pauses) until `watch`
+    /// polls writable, and a pause longer than the stall timeout ends the transfer. `onTick` runs about
     /// every `tickMilliseconds`, told whether `watch` can take a write now; `onBody` or `onTick`
     /// returning false aborts the transfer.
     public func perform(
         _ request: Request,
         watch: Int32? = nil,
+        outputHasRoom: () -> Bool = { true },
         tickMilliseconds: Int32 = 100,
         onTick: (_ outputHasRoom: Bool) -> Bool = { _ in true },
         onHead: (HTTPResponseHead) -> Void = { _ in },
@@ -123,12 +125,15 @@ public final class HTTPClient {
         try withoutActuallyEscaping(onBody) { onBody throws(TransferError) in
             try withoutActuallyEscaping(onHead) { onHead throws(TransferError) in
                 try withoutActuallyEscaping(onTick) { onTick throws(TransferError) in
-                    let transfer = Transfer(
-                        easy: easy, watch: watch, tickMilliseconds: Double(tickMilliseconds),
-                        stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000, onTick: onTick, onHead: onHead, onBody: onBody)
-                    try configure(request, for: transfer)
-                    if let failure = TransferLoop.shared.run(transfer) { throw failure }
-                    return transfer.head
+                    try withoutActuallyEscaping(outputHasRoom) { outputHasRoom throws(TransferError) in
+                        let transfer = Transfer(
+                            easy: easy, watch: watch, tickMilliseconds: Double(tickMilliseconds),
+                            stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000,
+                            callbacks: .init(outputHasRoom: outputHasRoom, onTick: onTick, onHead: onHead, onBody: onBody))
+                        try configure(request, for: transfer)
+                        if let failure = TransferLoop.shared.run(transfer) { throw failure }
+                        return transfer.head
+                    }
                 }
             }
         }
@@ -195,17 +200,17 @@ final class Transfer: @unchecked Sendable {
     private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
     init(easy: UnsafeMutableRawPointer, watch: Int32?, tickMilliseconds: Double, stallTimeoutMilliseconds: Double,
-         onTick: @escaping (Bool) -> Bool,
-         onHead: @escaping (HTTPResponseHead) -> Void, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
+         callbacks: Callbacks) {
         self.easy = easy
         self.watch = watch
         self.tickMilliseconds = tickMilliseconds
         self.stallTimeoutMilliseconds = stallTimeoutMilliseconds
-        callbacks = Callbacks(onTick: onTick, onHead: onHead, onBody: onBody)
+        self.callbacks = callbacks
         sem_init(done, 0, 0)
     }
 
-    private struct Callbacks {
+    struct Callbacks {
+        let outputHasRoom: () -> Bool
         let onTick: (Bool) -> Bool
         let onHead: (HTTPResponseHead) -> Void
         let onBody: (UnsafeRawBufferPointer) -> Bool
@@ -249,13 +254,8 @@ final class Transfer: @unchecked Sendable {
         callbacks?.onHead(head)
     }
 
-    /// True when our client's socket has room: a FastCGI record written now will not block
-    /// the loop (a stream socket that polls writable has at least a quarter of its buffer free).
-    var outputHasRoom: Bool {
-        guard let watch else { return true }
-        var descriptor = pollfd(fd: watch, events: Int16(POLLOUT), revents: 0)
-        return poll(&descriptor, 1, 0) == 1 && descriptor.revents & Int16(POLLOUT) != 0
-    }
+    /// True when the callbacks can write to our client now without blocking the loop.
+    var outputHasRoom: Bool { callbacks?.outputHasRoom() ?? true }
 
     /// The number of bytes taken, 0 to abort, or CURL_WRITEFUNC_PAUSE to be called again with
     /// the same bytes once `watch` has room.

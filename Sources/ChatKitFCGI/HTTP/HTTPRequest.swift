@@ -41,6 +41,9 @@ public protocol ResponseWriter: AnyObject {
     func write(_ bytes: [UInt8]) -> Bool
     /// Polled while waiting on the model, to notice a vanished client quickly.
     var clientDescriptor: Int32? { get }
+    /// Whether a write now cannot block: the transfer loop writes every stream's records from
+    /// one thread, and must never wait for one slow reader.
+    var hasRoom: Bool { get }
 }
 
 extension ResponseWriter {

@@ -42,6 +42,8 @@ public protocol ModelStreamObserver: AnyObject {
     func idle(canWrite: Bool) -> Bool
     /// Our client's socket, polled while waiting so a disconnect stops the transfer quickly.
     var clientDescriptor: Int32? { get }
+    /// Whether a chunk delivered now can be written without blocking (see `ResponseWriter.hasRoom`).
+    var outputHasRoom: Bool { get }
 }
 
 /// Something that answers a conversation in streamed chunks: the real client, or a scripted
@@ -153,7 +155,8 @@ public final class ModelClient: ChatModel {
         let head: HTTPResponseHead
         do throws(TransferError) {
             head = try http.perform(
-                request, watch: observer.clientDescriptor, onTick: { observer.idle(canWrite: $0) },
+                request, watch: observer.clientDescriptor, outputHasRoom: { observer.outputHasRoom },
+                onTick: { observer.idle(canWrite: $0) },
                 onHead: { status = $0.status }
             ) { bytes in
                 guard (200..<300).contains(status) else {

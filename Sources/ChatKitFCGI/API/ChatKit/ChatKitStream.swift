@@ -34,6 +34,7 @@ final class ChatKitStream: AgentObserver {
     }
 
     var clientDescriptor: Int32? { writer.clientDescriptor }
+    var outputHasRoom: Bool { writer.hasRoom }
 
     private var threadID: String { conversation.publicID }
 

@@ -30,6 +30,7 @@ public enum Titles {
         func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { true }
         func idle(canWrite: Bool) -> Bool { true }
         var clientDescriptor: Int32? { nil }
+        var outputHasRoom: Bool { true }
     }
 }
 
