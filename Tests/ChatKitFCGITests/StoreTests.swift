@@ -62,6 +62,31 @@ import Testing
         #expect(window.map(\.role) == [.assistant, .user])
         #expect(try store.recentMessages(conversationID: conversation.id, limit: 5).first?.toolCalls.count == 2)
     }
+
+    @Test func aVersion2DatabaseMigratesWithItsData() throws {
+        let file = TemporaryDatabase()
+        let setup = try SQLiteConnection(path: file.path)
+        for step in SQLiteStore.migrations.prefix(2) { try setup.execute(step) }
+        try setup.execute("PRAGMA user_version = 2")
+        try setup.execute("INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES ('thr_x', 'alice', 't', 1, 1)")
+        let store = try SQLiteStore(path: file.path)
+        try store.migrate()
+        #expect(store.schemaVersion == SQLiteStore.migrations.count)
+        #expect(try store.conversation(publicID: "thr_x", userID: "alice")?.title == "t")
+        let indexes = try setup.query("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'") { $0.text(0) ?? "" }
+        #expect(Set(indexes) == ["conversations_by_user", "conversations_by_public_id", "messages_by_conversation", "tasks_by_user"])
+    }
+
+    /// Listing a user's threads walks an index in order: no sort, however many threads.
+    @Test func threadsAreListedInIndexOrder() throws {
+        let store = try database.store()
+        _ = try store.createConversation(userID: "alice", title: "t")
+        let connection = try SQLiteConnection(path: database.path)
+        let plan = try connection.query(
+            "EXPLAIN QUERY PLAN SELECT id FROM conversations WHERE user_id = ? AND id > ? ORDER BY id DESC LIMIT 5",
+            ["alice", 0]) { $0.text(3) ?? "" }
+        #expect(plan.contains { $0.contains("conversations_by_user") } && !plan.contains { $0.contains("TEMP B-TREE") }, "\(plan)")
+    }
 }
 
 @Suite struct WALCheckpointTests {

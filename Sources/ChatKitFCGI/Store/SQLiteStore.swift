@@ -71,6 +71,15 @@ public final class SQLiteStore: Store {
             created_at INTEGER NOT NULL
         );
         """,
+        // Fewer index writes per turn. Threads are listed by id, which an index on user_id alone
+        // keeps in order (the row id ends every index entry), so touching updated_at no longer
+        // moves an index entry. Item ids are only ever looked up within their conversation,
+        // which messages_by_conversation finds; they are unique by construction (PublicID).
+        """
+        DROP INDEX conversations_by_user;
+        CREATE INDEX conversations_by_user ON conversations (user_id);
+        DROP INDEX messages_by_public_id;
+        """,
     ]
 
     public var schemaVersion: Int { Self.schemaVersion(of: db) }
