@@ -16,6 +16,27 @@ import Testing
         #expect(json.serialized == #"{"text":"a\"b\\c\nd\u0001","list":[1,2.5,null,false]}"#)
     }
 
+    /// Runs between escapes are copied whole: escapes at the edges, back to back and between
+    /// multi-byte characters must come out as a byte-by-byte escaper writes them.
+    @Test(arguments: ["", "\"", "\\\"\n", "plain", "\u{1}start", "end\t", "é\"😀\r\u{1F}x", String(repeating: "ab\\", count: 500)])
+    func escapesEveryByteThatNeedsIt(_ text: String) throws {
+        var expected = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": expected += "\\\""
+            case "\\": expected += "\\\\"
+            case "\n": expected += "\\n"
+            case "\r": expected += "\\r"
+            case "\t": expected += "\\t"
+            case _ where scalar.value < 0x20: expected += "\\u00" + String(format2: scalar.value)
+            default: expected.unicodeScalars.append(scalar)
+            }
+        }
+        expected += "\""
+        #expect(JSON.string(text).serialized == expected)
+        #expect(try JSON.parse(JSON.string(text).serialized) == .string(text))
+    }
+
     @Test func roundTripsThroughText() throws {
         let original: JSON = ["a": ["b": ["c": "ünïcode ✓"]], "n": 9007199254740993]
         #expect(try JSON.parse(original.serialized) == original)
@@ -48,5 +69,13 @@ import Testing
 
     @Test func rejectsInvalidUTF8() {
         #expect(throws: JSONParseError.self) { try JSON.parse([0x22, 0xFF, 0x22]) }
+    }
+}
+
+extension String {
+    /// Two lower-case hex digits.
+    fileprivate init(format2 value: UInt32) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(value >> 4)], digits[Int(value & 0xF)]])
     }
 }
