@@ -105,7 +105,8 @@ final class ChatStream: AgentObserver {
     private func startIfNeeded() {
         guard !sse.started else { return }
         sse.start(extraHeaders: [("X-Conversation-Id", String(conversationID))])
-        sse.send(["type": "conversation", "conversation_id": .int(Int(conversationID))])
+        // Every caller sends a record next: both leave in one write.
+        sse.send(["type": "conversation", "conversation_id": .int(Int(conversationID))], flush: false)
     }
 
     func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool {

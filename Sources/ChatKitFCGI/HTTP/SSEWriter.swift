@@ -1,4 +1,6 @@
-/// Writes Server-Sent Event records to a response, each flushed as soon as it exists.
+/// Writes Server-Sent Event records to a response, each flushed as soon as it exists. Records
+/// that come into being together (a lazily written head with its first record, the events that
+/// open an item) may leave in one write: `flush: false` holds a record for the next send.
 /// One buffer is reused for every record: this is the per-token path.
 public final class SSEWriter {
     private let writer: ResponseWriter
@@ -26,21 +28,19 @@ public final class SSEWriter {
 
     /// `data: <payload>\n\n` for a payload that is already one line of JSON.
     @discardableResult
-    public func send(payload: [UInt8]) -> Bool {
-        buffer.removeAll(keepingCapacity: true)
+    public func send(payload: [UInt8], flush: Bool = true) -> Bool {
         buffer.append(contentsOf: "data: ".utf8)
         buffer.append(contentsOf: payload)
         buffer.append(contentsOf: "\n\n".utf8)
-        return flush()
+        return flush ? self.flush() : !clientGone
     }
 
     @discardableResult
-    public func send(_ json: JSON) -> Bool {
-        buffer.removeAll(keepingCapacity: true)
+    public func send(_ json: JSON, flush: Bool = true) -> Bool {
         buffer.append(contentsOf: "data: ".utf8)
         json.write(to: &buffer)
         buffer.append(contentsOf: "\n\n".utf8)
-        return flush()
+        return flush ? self.flush() : !clientGone
     }
 
     /// True when nothing was written for `seconds`: time for a keepalive.
@@ -51,7 +51,6 @@ public final class SSEWriter {
     /// A comment record: ignored by clients, but it keeps nginx and proxies from timing out.
     @discardableResult
     public func keepalive() -> Bool {
-        buffer.removeAll(keepingCapacity: true)
         buffer.append(contentsOf: ": keepalive\n\n".utf8)
         return flush()
     }
@@ -62,6 +61,7 @@ public final class SSEWriter {
     private static let donePayload = Array("[DONE]".utf8)
 
     private func flush() -> Bool {
+        defer { buffer.removeAll(keepingCapacity: true) }
         guard !clientGone else { return false }
         if !writer.write(buffer) { clientGone = true }
         lastWriteMilliseconds = Clock.monotonicMilliseconds()

@@ -155,7 +155,8 @@ struct ChatKitEndpoint {
         let created = try store.createConversation(userID: user, title: "", first: [message])
         let sse = SSEWriter(writer: writer)
         sse.start()
-        sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)])
+        // thread.created, the user's message and stream_options leave in one write (runAgent).
+        sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)], flush: false)
         sendDone(message, in: created, sse: sse)
         // Just written: no need to read the history back.
         try runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log, titleSource: input.text)
@@ -181,7 +182,7 @@ struct ChatKitEndpoint {
 
     private func sendDone(_ entry: ConversationEntry, in conversation: Conversation, sse: SSEWriter) {
         if let item = ChatKitItems.item(entry, threadID: conversation.publicID) {
-            sse.send(["type": "thread.item.done", "item": item])
+            sse.send(["type": "thread.item.done", "item": item], flush: false)  // runAgent's stream_options follows
         }
     }
 

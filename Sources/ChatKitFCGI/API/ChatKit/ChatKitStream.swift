@@ -38,17 +38,17 @@ final class ChatKitStream: AgentObserver {
 
     private var threadID: String { conversation.publicID }
 
-    private func send(_ type: String, _ members: [(String, JSON)]) {
-        sse.send(.object([("type", .string(type))] + members))
+    private func send(_ type: String, _ members: [(String, JSON)], flush: Bool = true) {
+        sse.send(.object([("type", .string(type))] + members), flush: flush)
     }
 
-    private func itemEvent(_ type: String, _ entry: ConversationEntry) {
+    private func itemEvent(_ type: String, _ entry: ConversationEntry, flush: Bool = true) {
         guard let item = ChatKitItems.item(entry, threadID: threadID) else { return }
-        send(type, [("item", item)])
+        send(type, [("item", item)], flush: flush)
     }
 
-    private func update(_ itemID: String, _ update: JSON) {
-        send("thread.item.updated", [("item_id", .string(itemID)), ("update", update)])
+    private func update(_ itemID: String, _ update: JSON, flush: Bool = true) {
+        send("thread.item.updated", [("item_id", .string(itemID)), ("update", update)], flush: flush)
     }
 
     // MARK: Model and tool events
@@ -61,9 +61,10 @@ final class ChatKitStream: AgentObserver {
             var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
                                           item: .object([("type", "assistant_message"), ("content", [])]))
             entry.createdAt = Int64(Clock.unixTime() * 1000)
-            itemEvent("thread.item.added", entry)
+            // The message opens with its first delta: the three events leave in one write.
+            itemEvent("thread.item.added", entry, flush: false)
             update(opened.id, ["type": "assistant_message.content_part.added", "content_index": 0,
-                               "content": ChatKitItems.outputText("")])
+                               "content": ChatKitItems.outputText("")], flush: false)
         }
         assistant?.text += delta
         update(assistant!.id, ["type": "assistant_message.content_part.text_delta", "content_index": 0, "delta": .string(delta)])
