@@ -93,3 +93,21 @@ import Testing
         }
     }
 }
+
+@Suite struct FastCGIParamTests {
+    static func header(_ param: String) -> (String, String)? {
+        param.withCString { FastCGIExchange.header(fromParam: $0) }
+    }
+
+    @Test func httpParamsBecomeLowerCaseHeadersWithDashes() {
+        #expect(Self.header("HTTP_X_USER_ID=mallory").map { [$0.0, $0.1] } == ["x-user-id", "mallory"])
+        #expect(Self.header("HTTP_AUTHORIZATION=Bearer a.b=c").map { [$0.0, $0.1] } == ["authorization", "Bearer a.b=c"])
+        #expect(Self.header("HTTP_ACCEPT=").map { [$0.0, $0.1] } == ["accept", ""])
+    }
+
+    @Test func otherParamsAreNotHeaders() {
+        #expect(Self.header("CONTENT_TYPE=application/json") == nil)
+        #expect(Self.header("HTTP") == nil)
+        #expect(Self.header("HTTP_NO_EQUALS") == nil)
+    }
+}

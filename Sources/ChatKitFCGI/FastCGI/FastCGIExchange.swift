@@ -55,12 +55,7 @@ final class FastCGIExchange: ResponseWriter {
         var headers: [String: String] = [:]
         var cursor = request.pointee.envp
         while let entry = cursor?.pointee {
-            let text = String(cString: entry)
-            if text.hasPrefix("HTTP_"), let equals = text.firstIndex(of: "=") {
-                let name = text[text.index(text.startIndex, offsetBy: 5)..<equals].lowercased()
-                    .replacingAll("_", with: "-")
-                headers[name] = String(text[text.index(after: equals)...])
-            }
+            if let (name, value) = Self.header(fromParam: entry) { headers[name] = value }
             cursor = cursor?.advanced(by: 1)
         }
         var httpRequest = HTTPRequest(
@@ -85,6 +80,21 @@ final class FastCGIExchange: ResponseWriter {
         }
         httpRequest.body = body
         return .success(httpRequest)
+    }
+
+    /// `HTTP_X_USER_ID=v` becomes `("x-user-id", "v")`; other params are not headers. Read as
+    /// bytes: this runs for every parameter of every request.
+    static func header(fromParam entry: UnsafePointer<CChar>) -> (String, String)? {
+        let param = UnsafeRawBufferPointer(start: entry, count: strlen(entry))
+        guard param.starts(with: "HTTP_".utf8), let equals = param.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+        let name = param[5..<equals].map { byte -> UInt8 in
+            switch byte {
+            case UInt8(ascii: "_"): UInt8(ascii: "-")
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): byte + 32
+            default: byte
+            }
+        }
+        return (String(decoding: name, as: UTF8.self), String(decoding: param[(equals + 1)...], as: UTF8.self))
     }
 
     func writeHead(status: Int, headers: [(String, String)]) {
@@ -132,8 +142,3 @@ final class FastCGIExchange: ResponseWriter {
     }
 }
 
-extension String {
-    func replacingAll(_ target: Character, with replacement: Character) -> String {
-        String(map { $0 == target ? replacement : $0 })
-    }
-}
