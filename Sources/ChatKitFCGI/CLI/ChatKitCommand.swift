@@ -126,8 +126,8 @@ public enum ChatKitCommand {
 
     /// glibc gives memory back to the kernel as soon as 128 KiB lie free at the top of an arena.
     /// With hundreds of threads sharing a few arenas that happened on most requests, and the next
-    /// one faulted the pages back in (measured at 256 streams: 37 page faults per request, 13% of
-    /// the responder's CPU). Now only a surplus of 32 MiB goes back. An operator's own
+    /// one faulted the pages back in (measured at 256 streams: 37 page faults per request, about
+    /// a tenth of the responder's CPU). Now only a surplus of 32 MiB goes back. An operator's own
     /// `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` wins.
     private static func keepFreedMemory() {
         guard getenv("MALLOC_TRIM_THRESHOLD_") == nil, getenv("GLIBC_TUNABLES") == nil else { return }
