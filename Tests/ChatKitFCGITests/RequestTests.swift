@@ -111,3 +111,29 @@ import Testing
         #expect(Self.header("HTTP_NO_EQUALS") == nil)
     }
 }
+
+@Suite struct SSEWriterTests {
+    /// Keeps every write, to see what left together.
+    final class RecordingWriter: ResponseWriter {
+        var writes: [String] = []
+        private(set) var headWritten = false
+        func writeHead(status: Int, headers: [(String, String)]) { headWritten = true }
+        func write(_ bytes: [UInt8]) -> Bool {
+            writes.append(String(decoding: bytes, as: UTF8.self))
+            return true
+        }
+        var clientDescriptor: Int32? { nil }
+        var hasRoom: Bool { true }
+    }
+
+    @Test func aHeldRecordLeavesInOneWriteWithTheNext() {
+        let writer = RecordingWriter()
+        let sse = SSEWriter(writer: writer)
+        sse.send(["type": "conversation"], flush: false)
+        #expect(writer.writes.isEmpty)
+        sse.send(payload: Array(#"{"n":1}"#.utf8))
+        sse.keepalive()
+        sse.done()
+        #expect(writer.writes == ["data: {\"type\":\"conversation\"}\n\ndata: {\"n\":1}\n\n", ": keepalive\n\n", "data: [DONE]\n\n"])
+    }
+}
