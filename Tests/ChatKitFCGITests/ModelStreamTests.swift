@@ -89,9 +89,12 @@ import Testing
     }
 
     @Test func refusesInvalidUTF8EvenInASkippedMember() {
-        let bytes: [UInt8] = Array(#"{"model":""#.utf8) + [0xFF, 0xFE] + Array(#"","choices":[]}"#.utf8)
-        #expect(throws: ModelError.self) {
-            try bytes.withUnsafeBufferPointer { bytes throws(ModelError) in try ChatCompletionChunk(bytes: bytes) }
+        let inValue: [UInt8] = Array(#"{"model":""#.utf8) + [0xFF, 0xFE] + Array(#"","choices":[]}"#.utf8)
+        let inName: [UInt8] = Array(#"{""#.utf8) + [0xFF, 0xFE] + Array(#"":1,"choices":[]}"#.utf8)
+        for bytes in [inValue, inName] {
+            #expect(throws: ModelError.self) {
+                try bytes.withUnsafeBufferPointer { bytes throws(ModelError) in try ChatCompletionChunk(bytes: bytes) }
+            }
         }
     }
 

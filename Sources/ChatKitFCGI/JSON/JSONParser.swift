@@ -70,51 +70,17 @@ struct JSONParser {
     }
 
     private mutating func parseObject(depth: Int) throws(JSONParseError) -> JSON {
-        index += 1
         var members: [(String, JSON)] = []
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
-            index += 1
-            return .object(members)
+        try forEachMember(depth: depth) { name, parser throws(JSONParseError) in
+            members.append((String(decoding: name, as: UTF8.self), try parser.parseValue(depth: depth + 1)))
         }
-        while true {
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected member name") }
-            let key = try parseString()
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
-            members.append((key, try parseValue(depth: depth + 1)))
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated object") }
-            switch bytes[index] {
-            case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "}"): index += 1; return .object(members)
-            default: throw error("expected ',' or '}'")
-            }
-        }
+        return .object(members)
     }
 
     private mutating func parseArray(depth: Int) throws(JSONParseError) -> JSON {
-        index += 1
         var elements: [JSON] = []
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return .array(elements)
-        }
-        while true {
-            skipWhitespace()
-            elements.append(try parseValue(depth: depth + 1))
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unterminated array") }
-            switch bytes[index] {
-            case UInt8(ascii: ","): index += 1
-            case UInt8(ascii: "]"): index += 1; return .array(elements)
-            default: throw error("expected ',' or ']'")
-            }
-        }
+        try forEachElement(depth: depth) { parser throws(JSONParseError) in elements.append(try parser.parseValue(depth: depth + 1)) }
+        return .array(elements)
     }
 
     private mutating func parseNumber() throws(JSONParseError) -> JSON {
@@ -207,6 +173,11 @@ struct JSONParser {
         return string
     }
 
+    /// Refuses invalid UTF-8 without making a string of it.
+    private func checkUTF8(_ utf8: UnsafeBufferPointer<UInt8>) throws(JSONParseError) {
+        if !utf8.allSatisfy({ $0 < 0x80 }) { _ = try validatedString(utf8) }
+    }
+
     // MARK: Reading in place
     //
     // For the per-chunk path: walk a document, decode the few values wanted and check and skip
@@ -223,7 +194,7 @@ struct JSONParser {
         case UInt8(ascii: "[")?: try forEachElement(depth: depth) { parser throws(JSONParseError) in try parser.skipValue(depth: depth + 1) }
         case UInt8(ascii: "\"")?:
             if let raw = try rawString() {
-                if !raw.allSatisfy({ $0 < 0x80 }) { _ = try validatedString(raw) }
+                try checkUTF8(raw)
             } else {
                 _ = try parseEscapedString()
             }
@@ -231,39 +202,21 @@ struct JSONParser {
         }
     }
 
-    /// Calls `body` with each member's name (its UTF-8, unescaped) and the parser at its value,
-    /// which `body` must consume. The parser must be at the object's `{`.
+    /// Calls `body` with each member's name (its UTF-8, unescaped and checked) and the parser at
+    /// its value, which `body` must consume. The parser must be at the object's `{`.
     mutating func forEachMember(
         depth: Int, _ body: (UnsafeBufferPointer<UInt8>, inout JSONParser) throws(JSONParseError) -> Void
     ) throws(JSONParseError) {
-        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
-        index += 1
-        skipWhitespace()
-        if next == UInt8(ascii: "}") {
-            index += 1
-            return
-        }
-        while true {
-            skipWhitespace()
-            guard next == UInt8(ascii: "\"") else { throw error("expected member name") }
-            var escapedName: String?
-            let raw = try rawString()
-            if raw == nil { escapedName = try parseEscapedString() }
-            skipWhitespace()
-            guard next == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
-            if let raw {
-                try body(raw, &self)
+        try forEachItem(depth: depth, closing: UInt8(ascii: "}"), container: "object") { parser throws(JSONParseError) in
+            guard parser.next == UInt8(ascii: "\"") else { throw parser.error("expected member name") }
+            if let raw = try parser.rawString() {
+                try parser.checkUTF8(raw)
+                try parser.expectColon()
+                try body(raw, &parser)
             } else {
-                try Array(escapedName!.utf8).withUnsafeBufferPointer { name throws(JSONParseError) in try body(name, &self) }
-            }
-            skipWhitespace()
-            switch next {
-            case UInt8(ascii: ",")?: index += 1
-            case UInt8(ascii: "}")?: index += 1; return
-            case nil: throw error("unterminated object")
-            default: throw error("expected ',' or '}'")
+                let name = Array(try parser.parseEscapedString().utf8)
+                try parser.expectColon()
+                try name.withUnsafeBufferPointer { name throws(JSONParseError) in try body(name, &parser) }
             }
         }
     }
@@ -271,24 +224,39 @@ struct JSONParser {
     /// Calls `body` with the parser at each element, which `body` must consume. The parser must
     /// be at the array's `[`.
     mutating func forEachElement(depth: Int, _ body: (inout JSONParser) throws(JSONParseError) -> Void) throws(JSONParseError) {
+        try forEachItem(depth: depth, closing: UInt8(ascii: "]"), container: "array", body)
+    }
+
+    /// The walk both containers share: past the opening bracket, `item` once per item, the
+    /// separators, the closing bracket.
+    private mutating func forEachItem(
+        depth: Int, closing: UInt8, container: String, _ item: (inout JSONParser) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) {
         guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
         index += 1
         skipWhitespace()
-        if next == UInt8(ascii: "]") {
+        if next == closing {
             index += 1
             return
         }
         while true {
             skipWhitespace()
-            try body(&self)
+            try item(&self)
             skipWhitespace()
             switch next {
             case UInt8(ascii: ",")?: index += 1
-            case UInt8(ascii: "]")?: index += 1; return
-            case nil: throw error("unterminated array")
-            default: throw error("expected ',' or ']'")
+            case closing?: index += 1; return
+            case nil: throw error("unterminated \(container)")
+            default: throw error("expected ',' or '\(Character(Unicode.Scalar(closing)))'")
             }
         }
+    }
+
+    private mutating func expectColon() throws(JSONParseError) {
+        skipWhitespace()
+        guard next == UInt8(ascii: ":") else { throw error("expected ':'") }
+        index += 1
+        skipWhitespace()
     }
 
     private mutating func appendEscape(to output: inout [UInt8]) throws(JSONParseError) {

@@ -27,9 +27,11 @@ public struct ChatCompletionChunk: Equatable {
         var usage: JSON?
         var choice: Choice?
         var parser = JSONParser(bytes)
+        var isObject = false
         do throws(JSONParseError) {
             parser.skipWhitespace()
-            if parser.next == UInt8(ascii: "{") {
+            isObject = parser.next == UInt8(ascii: "{")
+            if isObject {
                 // With duplicate names the last one wins, as `JSON`'s subscript has it.
                 try parser.forEachMember(depth: 0) { name, parser throws(JSONParseError) in
                     switch Name(name) {
@@ -54,9 +56,7 @@ public struct ChatCompletionChunk: Equatable {
         } catch {
             throw .streamError("a stream record is not JSON (\(error))")
         }
-        guard bytes.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{") else {
-            throw .streamError("a stream record is not a JSON object")
-        }
+        guard isObject else { throw .streamError("a stream record is not a JSON object") }
         if let error, error != .null, error != .bool(false) {
             throw .streamError(Self.message(of: error) ?? "the model server reported an error mid-stream")
         }
