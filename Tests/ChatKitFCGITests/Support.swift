@@ -34,3 +34,12 @@ final class TemporaryDatabase {
         return store
     }
 }
+
+extension ChatCompletionChunk {
+    /// A chunk written as a JSON literal, read as the relay reads the bytes it receives.
+    init(_ json: JSON) throws(ModelError) {
+        self = try json.serializedBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
+            try ChatCompletionChunk(bytes: bytes)
+        }
+    }
+}

@@ -74,12 +74,6 @@ public struct ChatCompletionChunk: Equatable {
         toolCalls = choice.toolCalls
     }
 
-    public init(_ json: JSON) throws(ModelError) {
-        self = try json.serializedBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
-            try ChatCompletionChunk(bytes: bytes)
-        }
-    }
-
     /// The member names read; any other is skipped.
     private enum Name {
         case error, usage, choices, index, finishReason, delta, content, refusal, toolCalls
