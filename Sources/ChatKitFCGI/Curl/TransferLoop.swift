@@ -12,8 +12,8 @@ import Glibc
 /// pooled for the whole process.
 ///
 /// Writing to our client must never block this thread, or every stream would stall behind one
-/// slow reader: body bytes are only delivered while the client's socket polls writable, and
-/// otherwise the transfer is paused until it does.
+/// slow reader: body bytes are only delivered while the client's writer has room for them, and
+/// otherwise the transfer is paused until its socket polls writable.
 ///
 /// `@unchecked Sendable`: `submitted` is guarded by `submitLock`; all other state is used on
 /// the loop's thread only (libcurl calls the socket and timer callbacks from `socket_action`).
@@ -94,14 +94,16 @@ final class TransferLoop: @unchecked Sendable {
                 case nil: break
                 }
             }
-            if let deadline = curlDeadline, Clock.monotonicMilliseconds() >= deadline {
+            let now = Clock.monotonicMilliseconds()
+            if let deadline = curlDeadline, now >= deadline {
                 curlDeadline = nil
                 socketAction(CURL_SOCKET_TIMEOUT, events: 0)
             }
-            sweepTicks()
+            sweepTicks(now: now)
         }
     }
 
+    /// Read afresh: a timer libcurl set just now must not wait a rounded-up millisecond.
     private func waitMilliseconds() -> Int32 {
         let now = Clock.monotonicMilliseconds()
         var until = running.isEmpty ? nil : nextTickSweep
@@ -178,8 +180,7 @@ final class TransferLoop: @unchecked Sendable {
     /// Each transfer's `onTick`, about every `tickMilliseconds`, told whether its client's
     /// socket can take a write. libcurl exempts a paused transfer from its stall timeout, so a
     /// client that reads nothing for as long ends it here.
-    private func sweepTicks() {
-        let now = Clock.monotonicMilliseconds()
+    private func sweepTicks(now: Double) {
         guard now >= nextTickSweep else { return }
         nextTickSweep = now + Self.tickSweepMilliseconds
         for transfer in running.values where now >= transfer.nextTick {
