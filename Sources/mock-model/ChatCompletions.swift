@@ -227,10 +227,15 @@ struct ChatCompletions: Sendable {
         let ticket = state.streamStarted()
 
         var ok = connection.write(Array(head.utf8))
+        // Records fall due on a fixed schedule, like tokens from a model that runs elsewhere: a
+        // wake-up made late by a busy machine does not push every later record back with it.
+        let started = monotonicNanoseconds()
         var sent = 0
         while ok && sent < records.count {
             // The pause doubles as disconnect detection (see waitUnlessClosed).
-            if sent > 0 && delayMs > 0 { ok = connection.waitUnlessClosed(milliseconds: delayMs) }
+            if sent > 0 && delayMs > 0 {
+                ok = connection.waitUnlessClosed(until: started + UInt64(sent * delayMs) * 1_000_000)
+            }
             if ok { ok = send(records[sent]) }
             if ok { sent += 1 }
             if ok && plan.crlf && sent < records.count { ok = send(keepaliveComment) }

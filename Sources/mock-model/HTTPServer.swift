@@ -303,17 +303,21 @@ final class ClientConnection {
     }
 
     /// Waits up to `milliseconds`, returning false as soon as the peer closes.
-    /// poll() on POLLRDHUP notices a close during the pause itself, so a
-    /// cancelled stream stops within the delay instead of at the next write.
     func waitUnlessClosed(milliseconds: Int) -> Bool {
-        guard milliseconds > 0 else { return true }
-        let deadline = monotonicMilliseconds() + milliseconds
+        waitUnlessClosed(until: monotonicNanoseconds() + UInt64(max(milliseconds, 0)) * 1_000_000)
+    }
+
+    /// Waits until the monotonic `deadline` (nanoseconds), returning false as soon as the peer
+    /// closes. poll() on POLLRDHUP notices a close during the pause itself, so a cancelled
+    /// stream stops within the delay instead of at the next write.
+    func waitUnlessClosed(until deadline: UInt64) -> Bool {
         var events = Int16(POLLIN) | pollReadHangup
         while true {
-            let remaining = deadline - monotonicMilliseconds()
-            if remaining <= 0 { return true }
+            let now = monotonicNanoseconds()
+            if now >= deadline { return true }
+            let remainingMilliseconds = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
             var entry = pollfd(fd: fd, events: events, revents: 0)
-            let rc = poll(&entry, 1, Int32(remaining))
+            let rc = poll(&entry, 1, remainingMilliseconds)
             if rc < 0 {
                 if errno == EINTR { continue }
                 return true  // cannot watch; a write failure will still catch a close
@@ -491,8 +495,8 @@ final class ClientConnection {
 /// Swift module does not export; the value is fixed in the Linux ABI.
 private let pollReadHangup: Int16 = 0x2000
 
-func monotonicMilliseconds() -> Int {
+func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }

@@ -18,11 +18,14 @@ kernel hands connections to the longest-idle thread, so requests rotate through 
 each opens its SQLite and model connections on first use; --no-prewarm shows that cold cost).
 
 The prompt makes the mock answer "You said: t1 ... tN" (default 20 words, one chunk per word,
-MOCK_DELAY_MS between chunks, default 10 ms), so both paths wait for exactly the same model.
+one record every MOCK_DELAY_MS, default 10 ms, on a fixed schedule from the first: a busy machine
+does not slow the model down), so both paths wait for exactly the same model.
 At each concurrency level (default 1, 32, 256) each path gets a warm-up, then every stream slot
 runs the same number of requests back to back, each on a fresh connection (HTTP/1.1,
 `Connection: close`, chunked decoding), from one asyncio process using raw Protocols so the
-client's cost is small and identical on both paths.
+client's cost is small and identical on both paths. The slots start spread over one request's
+duration: every request takes the same time, so slots started together would stay in step and
+send their requests in bursts of `concurrency` for the whole level (--burst measures that).
 
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
 choices[0].delta.content is non-empty; total = until the end of the stream; an error is a
@@ -30,7 +33,8 @@ non-200 status, a stream without the final `data: [DONE]`, a different number of
 the probe showed, an in-band error record, a timeout or any exception.
 
 Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
-percentile), throughput (completed streams/s) of both and their ratio, errors, responder CPU
+percentile), throughput (completed streams/s, summed over the slots' own rates) of both and
+their ratio, errors, responder CPU
 seconds per request (utime+stime from /proc/<pid>/stat around the nginx phase), its minor page
 faults and context switches per request (where its kernel time goes), responder VmRSS/VmHWM
 after the level, plus CPU per request of nginx, the mock and the client itself and
@@ -46,7 +50,7 @@ Run from the repository root (needs nginx on PATH):
 
     options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
-             slot, overrides --duration), --min-samples 100, --warmup 2 (s), --no-prewarm,
+             slot, overrides --duration), --min-samples 100, --warmup 2 (s), --burst, --no-prewarm,
              --env NAME=VALUE (for chatkit-fcgi), --json PATH
 
 Exit status: 0 when every request succeeded, 1 when any request failed (warm-ups included),
@@ -270,29 +274,41 @@ async def one_request(loop, target):
     return p.t_first - p.t_sent, p.t_last - p.t_sent, connect, None, body
 
 
-async def run_phase(target, concurrency, per_slot=None, until=None):
+async def run_phase(target, concurrency, per_slot=None, until=None, stagger_s=0.0):
     """`concurrency` slots, each running requests back to back: `per_slot` of them, or until the
-    monotonic deadline `until` (warm-up). Returns samples and wall time."""
+    monotonic deadline `until` (warm-up). Slot i starts i/concurrency of `stagger_s` late, so the
+    slots' requests are spread over time rather than sent in bursts (see --burst).
+
+    Throughput is the sum of each slot's own rate (its completed requests over its own running
+    time): a late start does not count as slowness."""
     loop = asyncio.get_running_loop()
-    ttft, total, connect, errors = [], [], [], {}
+    ttft, total, connect, errors, slot_rates = [], [], [], {}, []
     hard_cap = per_slot if per_slot is not None else 100_000  # a bound for the warm-up loop too
 
-    async def slot():
+    async def slot(index):
+        if stagger_s:
+            await asyncio.sleep(stagger_s * index / concurrency)
+        started = perf_counter()
+        completed = 0
         for _ in range(hard_cap):
             if until is not None and time.monotonic() >= until:
-                return
+                break
             first, whole, conn, error, _ = await one_request(loop, target)
             if error is None:
+                completed += 1
                 ttft.append(first)
                 total.append(whole)
                 connect.append(conn)
             else:
                 errors[error] = errors.get(error, 0) + 1
+        elapsed = perf_counter() - started
+        slot_rates.append(completed / elapsed if elapsed > 0 else 0.0)
 
     started = perf_counter()
-    await asyncio.gather(*(slot() for _ in range(concurrency)))
+    await asyncio.gather(*(slot(index) for index in range(concurrency)))
     wall = perf_counter() - started
-    return {"ttft": ttft, "total": total, "connect": connect, "errors": errors, "wall": wall}
+    return {"ttft": ttft, "total": total, "connect": connect, "errors": errors, "wall": wall,
+            "throughput": sum(slot_rates)}
 
 
 # --------------------------------------------------------------------------- /proc readings
@@ -410,7 +426,7 @@ def summarize(phase):
         "errors": sum(phase["errors"].values()),
         "error_kinds": phase["errors"],
         "wall_s": phase["wall"],
-        "throughput_per_s": completed / phase["wall"] if phase["wall"] else 0.0,
+        "throughput_per_s": phase["throughput"],
         "ttft_ms": {f"p{p}": ms(phase["ttft"], p) for p in (50, 90, 99)} | {
             "min": min(phase["ttft"], default=float("nan")) * 1000,
             "max": max(phase["ttft"], default=float("nan")) * 1000},
@@ -432,6 +448,7 @@ def markdown(results, args):
     lines.append(f"Path /api/{args.path}. Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
                  f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
                  f"fresh connection per request, "
+                 f"{'slots started together (--burst)' if args.burst else 'slot starts spread over one request'}, "
                  f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
     lines.append("")
     lines.append("| streams | requests/path | direct TTFT p50 / p99 (ms) | nginx TTFT p50 / p99 (ms) "
@@ -508,6 +525,10 @@ def parse_args():
     parser.add_argument("--min-samples", type=int, default=100,
                         help="at least this many requests per path per level (default 100)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per path per level (default 2)")
+    parser.add_argument("--burst", action="store_true",
+                        help="start every stream slot at once instead of spreading the starts over one "
+                             "request's duration; the mock's fixed timing then keeps the slots' requests "
+                             "arriving in bursts of `concurrency` for the whole level")
     parser.add_argument("--no-prewarm", dest="prewarm", action="store_false",
                         help="skip the initial 2 x threads requests that warm every responder thread")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -626,7 +647,8 @@ async def benchmark(stack, args):
             mock_call(stack, "DELETE", "/_mock/requests")
             before = CPUSnapshot(pids)
             events_before = kernel_events(responder_pid)
-            phase = await run_phase(target, concurrency, per_slot=per_slot)
+            phase = await run_phase(target, concurrency, per_slot=per_slot,
+                                    stagger_s=0.0 if args.burst else mean_total)
             used = CPUSnapshot(pids).since(before)
             events_after = kernel_events(responder_pid)
             summary = summarize(phase)
