@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>  // the mock model's pacer
 #include <malloc.h>  // mallopt
 
 // struct epoll_event is packed on x86-64, which Swift does not import faithfully: these keep

@@ -215,32 +215,34 @@ struct ChatCompletions: Sendable {
         if chunked { head += "Transfer-Encoding: chunked\r\n" }
         head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
 
-        /// One HTTP chunk per write so each record is delivered on its own.
-        func send(_ payload: [UInt8]) -> Bool {
-            guard chunked else { return connection.write(payload) }
-            return connection.write(Array(String(payload.count, radix: 16).utf8) + [0x0D, 0x0A] + payload + [0x0D, 0x0A])
+        /// One HTTP chunk per record, so each is delivered on its own.
+        func chunk(_ payload: [UInt8]) -> [UInt8] {
+            chunked ? Array(String(payload.count, radix: 16).utf8) + [0x0D, 0x0A] + payload + [0x0D, 0x0A] : payload
         }
 
         let records = records(plan, context, includeUsage: includeUsage)
+        let keepaliveComment = chunk(Array(": keepalive\r\n\r\n".utf8))
+        // What each record's turn writes: the record, and in CRLF mode a comment between records.
+        let frames = records.indices.map { index in
+            chunk(records[index]) + (plan.crlf && index < records.count - 1 ? keepaliveComment : [])
+        }
         let delayMs = plan.fixedDelayMs ?? config.delayMs
-        let keepaliveComment = Array(": keepalive\r\n\r\n".utf8)
         let ticket = state.streamStarted()
 
-        var ok = connection.write(Array(head.utf8))
-        // Records fall due on a fixed schedule, like tokens from a model that runs elsewhere: a
-        // wake-up made late by a busy machine does not push every later record back with it.
-        let started = monotonicNanoseconds()
-        var sent = 0
-        while ok && sent < records.count {
-            // The pause doubles as disconnect detection (see waitUnlessClosed).
-            if sent > 0 && delayMs > 0 {
-                ok = connection.waitUnlessClosed(until: started + UInt64(sent * delayMs) * 1_000_000)
+        var allRecordsSent = connection.write(Array(head.utf8) + frames[0])
+        if allRecordsSent && frames.count > 1 {
+            if delayMs > 0 {
+                // Records fall due on a fixed schedule, like tokens from a model that runs
+                // elsewhere: a wake-up made late by a busy machine does not push every later
+                // record back with it.
+                allRecordsSent = Pacer.shared.send(
+                    Array(frames.dropFirst()), on: connection.fd, start: monotonicNanoseconds(),
+                    interval: UInt64(delayMs) * 1_000_000)
+            } else {
+                allRecordsSent = frames.dropFirst().allSatisfy { connection.write($0) }
             }
-            if ok { ok = send(records[sent]) }
-            if ok { sent += 1 }
-            if ok && plan.crlf && sent < records.count { ok = send(keepaliveComment) }
         }
-        let allRecordsSent = sent == records.count
+        var ok = allRecordsSent
         if ok && plan.ending == .linger { _ = connection.waitUnlessClosed(milliseconds: 3_000) }
         if ok && chunked && plan.ending != .truncate && plan.ending != .linger {
             ok = connection.write(Array("0\r\n\r\n".utf8))

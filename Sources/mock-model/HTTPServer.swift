@@ -1,9 +1,9 @@
 import ChatKitFCGI
 import Glibc
 
-/// Minimal blocking HTTP/1.1 server: one detached pthread per connection.
-/// Blocking I/O keeps the streaming code linear (write, wait, write), and a few
-/// hundred threads with small stacks are cheap for a local mock.
+/// Minimal blocking HTTP/1.1 server: one detached pthread per connection, which reads the
+/// requests and answers them; the paced records of a stream go out from the `Pacer`'s thread.
+/// A few hundred threads with small stacks are cheap for a local mock.
 struct HTTPServer: Sendable {
     let config: Config
     let router: Router
@@ -302,15 +302,10 @@ final class ClientConnection {
         write(response.head(keepAlive: keepAlive) + response.body)
     }
 
-    /// Waits up to `milliseconds`, returning false as soon as the peer closes.
+    /// Waits up to `milliseconds`, returning false as soon as the peer closes (poll() on
+    /// POLLRDHUP notices a close during the wait itself).
     func waitUnlessClosed(milliseconds: Int) -> Bool {
-        waitUnlessClosed(until: monotonicNanoseconds() + UInt64(max(milliseconds, 0)) * 1_000_000)
-    }
-
-    /// Waits until the monotonic `deadline` (nanoseconds), returning false as soon as the peer
-    /// closes. poll() on POLLRDHUP notices a close during the pause itself, so a cancelled
-    /// stream stops within the delay instead of at the next write.
-    func waitUnlessClosed(until deadline: UInt64) -> Bool {
+        let deadline = monotonicNanoseconds() + UInt64(max(milliseconds, 0)) * 1_000_000
         var events = Int16(POLLIN) | pollReadHangup
         while true {
             let now = monotonicNanoseconds()

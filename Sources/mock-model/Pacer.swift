@@ -1,0 +1,237 @@
+import CLinux
+import ChatKitFCGI
+import Glibc
+
+/// Sends the paced records of every stream from one thread, each when it falls due.
+///
+/// Before, each connection's thread slept between records: two context switches per record,
+/// which at 256 streams made the mock cost as much CPU as nginx and the responder together on
+/// the benchmark's two shared cores. Here one thread wakes when the earliest record falls due
+/// and sends every record due by then; a connection's thread waits once per stream.
+///
+/// Writes never block this thread: a socket that is full keeps its bytes until it polls
+/// writable, and a peer that reads nothing for `stuckTimeout` ends its stream. A peer that
+/// closes ends its stream at once (EPOLLRDHUP), as the pause used to notice.
+///
+/// `@unchecked Sendable`: `submitted` is guarded by `submitLock`; all other state belongs to
+/// the pacer's thread.
+final class Pacer: @unchecked Sendable {
+    static let shared = Pacer()
+
+    /// The rest of one stream: `frames[i]` falls due at `start + (i + 1) * interval`.
+    private final class Stream {
+        let fd: Int32
+        let frames: [[UInt8]]
+        let start: UInt64
+        let interval: UInt64
+        var next = 0
+        var unsent: [UInt8] = []
+        var unsentOffset = 0
+        var blockedSince: UInt64?
+        var scheduled: UInt64?
+        var completed = false
+        private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+
+        init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64) {
+            self.fd = fd
+            self.frames = frames
+            self.start = start
+            self.interval = interval
+            sem_init(done, 0, 0)
+        }
+
+        deinit {
+            sem_destroy(done)
+            done.deallocate()
+        }
+
+        func due(_ index: Int) -> UInt64 { start + UInt64(index + 1) * interval }
+        func wait() { while sem_wait(done) != 0 {} }
+        func end(completed: Bool) {
+            self.completed = completed
+            sem_post(done)
+        }
+    }
+
+    private static let stuckTimeout: UInt64 = 60_000_000_000
+    private static let wakeTag: UInt64 = 0
+    private static let timerTag = UInt64.max
+    private let epoll: Int32
+    private let wake: Int32
+    /// Fires at the earliest due time, to the microsecond: epoll's millisecond timeout would
+    /// round every record late, and the streams' records onto shared millisecond ticks.
+    private let timer: Int32
+    private var timerArmedFor: UInt64 = 0
+    private let submitLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var submitted: [Stream] = []
+    private var streams: [UInt64: Stream] = [:]
+    private var lastTag: UInt64 = 0
+    /// A min-heap of (due time, stream tag); entries of streams already ended are skipped.
+    private var timers: [(due: UInt64, tag: UInt64)] = []
+
+    private init() {
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wake = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        timer = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
+        precondition(epoll >= 0 && wake >= 0 && timer >= 0, "could not create the pacer's epoll, eventfd and timerfd")
+        pthread_mutex_init(submitLock, nil)
+        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, Self.wakeTag) == 0)
+        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, timer, EPOLLIN.rawValue, Self.timerTag) == 0)
+        precondition(DetachedThread.start(stackBytes: 256 << 10) { self.loop() }, "could not start the pacer")
+    }
+
+    /// Sends `frames[i]` on `fd` at `start + (i + 1) * interval` (monotonic nanoseconds) and
+    /// waits until all are written (true) or the peer went away (false).
+    func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64) -> Bool {
+        let stream = Stream(fd: fd, frames: frames, start: start, interval: interval)
+        pthread_mutex_lock(submitLock)
+        submitted.append(stream)
+        pthread_mutex_unlock(submitLock)
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+        stream.wait()
+        return stream.completed
+    }
+
+    private func loop() -> Never {
+        var tags = [UInt64](repeating: 0, count: 256)
+        var events = [UInt32](repeating: 0, count: 256)
+        var expirations: UInt64 = 0
+        while true {
+            armTimer()
+            let ready = clinux_epoll_wait(epoll, &tags, &events, 256, -1)
+            for index in 0..<max(0, Int(ready)) {
+                if tags[index] == Self.wakeTag {
+                    takeSubmitted()
+                } else if tags[index] == Self.timerTag {
+                    _ = read(timer, &expirations, 8)
+                    timerArmedFor = 0
+                } else if let stream = streams[tags[index]] {
+                    if events[index] & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+                        end(tags[index], stream, completed: false)
+                    } else {
+                        service(tags[index], stream, now: monotonicNanoseconds())
+                    }
+                }
+            }
+            let now = monotonicNanoseconds()
+            while let first = timers.first, first.due <= now {
+                popTimer()
+                if let stream = streams[first.tag] {
+                    stream.scheduled = nil
+                    service(first.tag, stream, now: now)
+                }
+            }
+        }
+    }
+
+    /// Sets the timer to the earliest due time, unless it is set for it already.
+    private func armTimer() {
+        guard let due = timers.first?.due, due != timerArmedFor else { return }
+        timerArmedFor = due
+        var setting = itimerspec()
+        setting.it_value = timespec(tv_sec: Int(due / 1_000_000_000), tv_nsec: Int(due % 1_000_000_000))
+        _ = timerfd_settime(timer, Int32(TFD_TIMER_ABSTIME), &setting, nil)
+    }
+
+    private func takeSubmitted() {
+        var count: UInt64 = 0
+        _ = read(wake, &count, 8)
+        pthread_mutex_lock(submitLock)
+        let batch = submitted
+        submitted.removeAll(keepingCapacity: true)
+        pthread_mutex_unlock(submitLock)
+        for stream in batch {
+            lastTag += 1
+            guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, stream.fd, EPOLLRDHUP.rawValue, lastTag) == 0 else {
+                stream.end(completed: false)
+                continue
+            }
+            streams[lastTag] = stream
+            service(lastTag, stream, now: monotonicNanoseconds())
+        }
+    }
+
+    /// Queues every frame due by `now`, writes what the socket takes, and schedules the rest.
+    private func service(_ tag: UInt64, _ stream: Stream, now: UInt64) {
+        while stream.next < stream.frames.count, stream.due(stream.next) <= now {
+            stream.unsent += stream.frames[stream.next]
+            stream.next += 1
+        }
+        guard flush(tag, stream, now: now) else { return }
+        if let blockedSince = stream.blockedSince, now - blockedSince >= Self.stuckTimeout {
+            end(tag, stream, completed: false)
+        } else if stream.next < stream.frames.count {
+            schedule(tag, stream, at: stream.due(stream.next))
+        } else if stream.blockedSince == nil {
+            end(tag, stream, completed: true)
+        } else {
+            schedule(tag, stream, at: stream.blockedSince! + Self.stuckTimeout)
+        }
+    }
+
+    /// Writes the stream's unsent bytes without blocking; false when the stream ended.
+    private func flush(_ tag: UInt64, _ stream: Stream, now: UInt64) -> Bool {
+        while stream.unsentOffset < stream.unsent.count {
+            let written = stream.unsent.withUnsafeBytes { bytes in
+                Glibc.send(stream.fd, bytes.baseAddress! + stream.unsentOffset, bytes.count - stream.unsentOffset,
+                           Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if written > 0 {
+                stream.unsentOffset += written
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if stream.blockedSince == nil {
+                    stream.blockedSince = now
+                    _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, tag)
+                }
+                return true
+            } else {
+                end(tag, stream, completed: false)
+                return false
+            }
+        }
+        stream.unsent.removeAll(keepingCapacity: true)
+        stream.unsentOffset = 0
+        if stream.blockedSince != nil {
+            stream.blockedSince = nil
+            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue, tag)
+        }
+        return true
+    }
+
+    private func end(_ tag: UInt64, _ stream: Stream, completed: Bool) {
+        _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, stream.fd, 0, 0)
+        streams[tag] = nil
+        stream.end(completed: completed)
+    }
+
+    private func schedule(_ tag: UInt64, _ stream: Stream, at due: UInt64) {
+        guard stream.scheduled != due else { return }
+        stream.scheduled = due
+        timers.append((due, tag))
+        var child = timers.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard timers[child].due < timers[parent].due else { break }
+            timers.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    private func popTimer() {
+        timers.swapAt(0, timers.count - 1)
+        timers.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < timers.count, timers[left].due < timers[smallest].due { smallest = left }
+            if right < timers.count, timers[right].due < timers[smallest].due { smallest = right }
+            guard smallest != parent else { return }
+            timers.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+}

@@ -1,0 +1,66 @@
+"""The bundled mock model keeps its records on a fixed schedule, which the benchmark relies on."""
+
+import json
+import socket
+import time
+
+import pytest
+
+from harness import MODEL_KEY, Stack
+
+DELAY_MS = 1
+WORDS = 1500
+WORD = "w" * 4000  # about 4 KB per record: the unread ones soon fill every socket buffer
+
+
+@pytest.fixture(scope="module")
+def paced_stack():
+    started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, threads=2)
+    yield started
+    started.stop()
+
+
+def dechunk(body):
+    out, position = bytearray(), 0
+    while True:
+        end = body.index(b"\r\n", position)
+        size = int(body[position:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[end + 2:end + 2 + size]
+        position = end + 2 + size + 2
+
+
+def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedule(paced_stack):
+    completed = paced_stack.model_stats()["streams_completed"]
+    body = json.dumps({"model": "mock", "stream": True,
+                       "messages": [{"role": "user", "content": " ".join([WORD] * WORDS)}]}).encode()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", paced_stack.model_port))
+    raw.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {MODEL_KEY}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+    raw.settimeout(30)
+    received = bytearray(raw.recv(1 << 20))  # the head and the first record: the schedule's start
+    first_record = time.monotonic()
+    # Read nothing for most of the stream: the mock's socket fills and its records wait.
+    time.sleep(WORDS * DELAY_MS / 1000 * 0.8)
+    while chunk := raw.recv(1 << 20):
+        received += chunk
+    elapsed = time.monotonic() - first_record
+    raw.close()
+
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    records = [record for record in dechunk(chunked).decode().split("\n\n") if record]
+    assert records[-1] == "data: [DONE]"
+    text = "".join(json.loads(record[6:])["choices"][0]["delta"].get("content") or ""
+                   for record in records[:-1] if json.loads(record[6:])["choices"])
+    assert text == "You said: " + " ".join([WORD] * WORDS)
+    assert paced_stack.model_stats()["streams_completed"] == completed + 1
+    # Records fall due at fixed times from the first: the pause delayed none but the ones
+    # waiting in the full socket. Pauses after each write would have ended the stream later by
+    # the time the socket stayed full, most of the stream.
+    nominal = (len(records) - 1) * DELAY_MS / 1000
+    assert elapsed < nominal * 1.1 + 0.15, f"{elapsed:.2f} s for a stream scheduled over {nominal:.2f} s"
