@@ -38,6 +38,19 @@ import Testing
         #expect(turn[1].json.serialized == #"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"add_task","arguments":"{\"title\": \"milk\"}"}},{"id":"call_2","type":"function","function":{"name":"list_tasks","arguments":"{}"}}]}"#)
     }
 
+    @Test func aTitleIsStoredWithTheItemsItCameWith() throws {
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "alice", title: "")
+        try store.append([ConversationEntry(ChatMessage(role: .assistant, content: "hi"))], to: conversation.id, title: "Greetings")
+        #expect(try store.conversation(id: conversation.id, userID: "alice")?.title == "Greetings")
+        #expect(try store.recentMessages(conversationID: conversation.id, limit: 5) == [ChatMessage(role: .assistant, content: "hi")])
+        // Items without a title leave it alone; a title without items is still stored.
+        try store.append([ConversationEntry(ChatMessage(role: .assistant, content: "again"))], to: conversation.id, title: nil)
+        #expect(try store.conversation(id: conversation.id, userID: "alice")?.title == "Greetings")
+        try store.append([], to: conversation.id, title: "Renamed")
+        #expect(try store.conversation(id: conversation.id, userID: "alice")?.title == "Renamed")
+    }
+
     @Test func textIsStoredWholeEvenWithANulCharacter() throws {
         let store = try database.store()
         let conversation = try store.createConversation(userID: "alice", title: "t")

@@ -173,12 +173,14 @@ public final class SQLiteStore: Store {
 
     // MARK: Messages
 
-    public func append(_ entries: [ConversationEntry], to conversationID: Int64) throws {
-        guard !entries.isEmpty else { return }
+    public func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws {
+        guard !entries.isEmpty || title != nil else { return }
         let now = Self.now()
         try write { db in
             try insert(entries, into: conversationID, at: now, in: db)
-            try db.run("UPDATE conversations SET updated_at = ? WHERE id = ?", [.integer(now), .integer(conversationID)])
+            try db.run(
+                "UPDATE conversations SET updated_at = ?, title = coalesce(?, title) WHERE id = ?",
+                [.integer(now), title.map(SQLValue.text) ?? .null, .integer(conversationID)])
         }
     }
 

@@ -15,8 +15,9 @@ public protocol Store: AnyObject {
     func rename(conversationID: Int64, title: String) throws
     func delete(conversationID: Int64) throws
 
-    /// Appends in one transaction, so an assistant tool-call message never lands without its results.
-    func append(_ entries: [ConversationEntry], to conversationID: Int64) throws
+    /// Appends in one transaction, so an assistant tool-call message never lands without its
+    /// results. `title`, when given, becomes the conversation's title in the same transaction.
+    func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws
     /// The newest `limit` messages the model sees, oldest first, never starting between a tool
     /// call and its result.
     func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage]
@@ -42,6 +43,10 @@ public protocol Store: AnyObject {
 }
 
 extension Store {
+    public func append(_ entries: [ConversationEntry], to conversationID: Int64) throws {
+        try append(entries, to: conversationID, title: nil)
+    }
+
     public func createConversation(userID: String, title: String) throws -> Conversation {
         try createConversation(userID: userID, title: title, first: [])
     }

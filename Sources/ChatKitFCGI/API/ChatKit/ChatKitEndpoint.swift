@@ -232,6 +232,8 @@ struct ChatKitEndpoint {
                           writer: ResponseWriter, log: inout RequestLog, titleSource: String?) throws {
         sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
         let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
+        let untitled = conversation.title.isEmpty ? titleSource : nil
+        if let untitled, worker.app.config.titleStyle == .truncate { stream.titleToStore = Titles.truncate(untitled) }
         let history = try knownHistory
             ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
         let agent = worker.agent(clientTools: worker.app.config.clientTools)
@@ -240,10 +242,14 @@ struct ChatKitEndpoint {
         log.rounds = summary.rounds
         log.usage = summary.usage
         try stream.finish(summary.end, log: &log)
-        if conversation.title.isEmpty, let titleSource, !sse.clientGone {
+        if let untitled, !sse.clientGone {
             var titled = conversation
-            titled.title = Titles.make(for: titleSource, style: worker.app.config.titleStyle, model: agent.model)
-            try store.rename(conversationID: titled.id, title: titled.title)
+            if let stored = stream.storedTitle {
+                titled.title = stored
+            } else {
+                titled.title = Titles.make(for: untitled, style: worker.app.config.titleStyle, model: agent.model)
+                try store.rename(conversationID: titled.id, title: titled.title)
+            }
             sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])
         }
     }
