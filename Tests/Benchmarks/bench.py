@@ -35,10 +35,9 @@ the probe showed, an in-band error record, a timeout or any exception.
 Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
 percentile), throughput (completed streams/s, summed over the slots' own rates) of both and
 their ratio, errors, responder CPU seconds per request (utime+stime from /proc/<pid>/stat
-around the nginx phase), its minor page
-faults and context switches per request (where its kernel time goes), responder VmRSS/VmHWM
-after the level, plus CPU per request of nginx, the mock and the client itself and
-how busy the machine was (the machine is shared by all four).
+around the nginx phase), its minor page faults and context switches per request (where its
+kernel time goes), responder VmRSS/VmHWM after the level, plus CPU per request of nginx, the
+mock and the client itself and how busy the machine was (the machine is shared by all four).
 
 Targets (reported as PASS/FAIL, they do not change the exit status):
   added TTFT p50 <= 1 ms and p99 <= 3 ms at 32 streams;
