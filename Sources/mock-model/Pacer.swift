@@ -13,8 +13,8 @@ import Glibc
 /// writable, and a peer that reads nothing for `stuckTimeout` ends its stream. A peer that
 /// closes ends its stream at once (EPOLLRDHUP), as the pause used to notice.
 ///
-/// `@unchecked Sendable`: `submitted` is guarded by `submitLock`; all other state belongs to
-/// the pacer's thread.
+/// `@unchecked Sendable`: streams arrive through `submitted`; all other state belongs to the
+/// pacer's thread.
 final class Pacer: @unchecked Sendable {
     static let shared = Pacer()
 
@@ -54,16 +54,14 @@ final class Pacer: @unchecked Sendable {
     }
 
     private static let stuckTimeout: UInt64 = 60_000_000_000
-    private static let wakeTag: UInt64 = 0
+    private static let submittedTag: UInt64 = 0
     private static let timerTag = UInt64.max
     private let epoll: Int32
-    private let wake: Int32
+    private let submitted = Mailbox<Stream>()
     /// Fires at the earliest due time, to the microsecond: epoll's millisecond timeout would
     /// round every record late, and the streams' records onto shared millisecond ticks.
     private let timer: Int32
     private var timerArmedFor: UInt64 = 0
-    private let submitLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var submitted: [Stream] = []
     private var streams: [UInt64: Stream] = [:]
     private var lastTag: UInt64 = 0
     /// A min-heap of (due time, stream tag); entries of streams already ended are skipped.
@@ -71,11 +69,9 @@ final class Pacer: @unchecked Sendable {
 
     private init() {
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        wake = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
         timer = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
-        precondition(epoll >= 0 && wake >= 0 && timer >= 0, "could not create the pacer's epoll, eventfd and timerfd")
-        pthread_mutex_init(submitLock, nil)
-        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, Self.wakeTag) == 0)
+        precondition(epoll >= 0 && timer >= 0, "could not create the pacer's epoll and timerfd")
+        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, submitted.descriptor, EPOLLIN.rawValue, Self.submittedTag) == 0)
         precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, timer, EPOLLIN.rawValue, Self.timerTag) == 0)
         precondition(DetachedThread.start(stackBytes: 256 << 10) { self.loop() }, "could not start the pacer")
     }
@@ -84,11 +80,7 @@ final class Pacer: @unchecked Sendable {
     /// waits until all are written (true) or the peer went away (false).
     func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64) -> Bool {
         let stream = Stream(fd: fd, frames: frames, start: start, interval: interval)
-        pthread_mutex_lock(submitLock)
-        submitted.append(stream)
-        pthread_mutex_unlock(submitLock)
-        var one: UInt64 = 1
-        _ = write(wake, &one, 8)
+        submitted.post(stream)
         stream.wait()
         return stream.completed
     }
@@ -101,7 +93,7 @@ final class Pacer: @unchecked Sendable {
             armTimer()
             let ready = clinux_epoll_wait(epoll, &tags, &events, 256, -1)
             for index in 0..<max(0, Int(ready)) {
-                if tags[index] == Self.wakeTag {
+                if tags[index] == Self.submittedTag {
                     takeSubmitted()
                 } else if tags[index] == Self.timerTag {
                     _ = read(timer, &expirations, 8)
@@ -135,13 +127,7 @@ final class Pacer: @unchecked Sendable {
     }
 
     private func takeSubmitted() {
-        var count: UInt64 = 0
-        _ = read(wake, &count, 8)
-        pthread_mutex_lock(submitLock)
-        let batch = submitted
-        submitted.removeAll(keepingCapacity: true)
-        pthread_mutex_unlock(submitLock)
-        for stream in batch {
+        for stream in submitted.takeAll() {
             lastTag += 1
             guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, stream.fd, EPOLLRDHUP.rawValue, lastTag) == 0 else {
                 stream.end(completed: false)

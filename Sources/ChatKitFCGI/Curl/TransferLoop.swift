@@ -15,17 +15,14 @@ import Glibc
 /// slow reader: body bytes are only delivered while the client's writer has room for them, and
 /// otherwise the transfer is paused until its socket polls writable.
 ///
-/// `@unchecked Sendable`: `submitted` is guarded by `submitLock`; all other state is used on
+/// `@unchecked Sendable`: transfers arrive through `submitted`; all other state is used on
 /// the loop's thread only (libcurl calls the socket and timer callbacks from `socket_action`).
 final class TransferLoop: @unchecked Sendable {
     static let shared = TransferLoop()
 
     private let multi: UnsafeMutableRawPointer
     private let epoll: Int32
-    /// An eventfd: a transfer was submitted.
-    private let wake: Int32
-    private let submitLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var submitted: [Transfer] = []
+    private let submitted = Mailbox<Transfer>()
 
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
     /// By registration number, not descriptor: a descriptor closed and reused within one batch
@@ -38,7 +35,7 @@ final class TransferLoop: @unchecked Sendable {
     private var nextTickSweep = 0.0
     private static let tickSweepMilliseconds = 20.0
 
-    private enum Kind: UInt64 { case wake, curlSocket, watch }
+    private enum Kind: UInt64 { case submitted, curlSocket, watch }
 
     private static func tag(_ kind: Kind, _ descriptor: Int32) -> UInt64 {
         kind.rawValue << 32 | UInt64(UInt32(bitPattern: descriptor))
@@ -50,10 +47,9 @@ final class TransferLoop: @unchecked Sendable {
         guard let multi = curl_multi_init() else { fatalError("libcurl could not allocate a multi handle") }
         self.multi = multi
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        wake = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
-        precondition(epoll >= 0 && wake >= 0, "could not create the transfer loop's epoll and eventfd")
-        pthread_mutex_init(submitLock, nil)
-        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, wake, EPOLLIN.rawValue, Self.tag(.wake, wake)) == 0)
+        precondition(epoll >= 0, "could not create the transfer loop's epoll")
+        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, submitted.descriptor, EPOLLIN.rawValue,
+                                      Self.tag(.submitted, submitted.descriptor)) == 0)
         let context = Unmanaged.passUnretained(self).toOpaque()
         _ = ccurl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, context)
         _ = ccurl_multi_setopt_socket_function(multi, loopSocketCallback)
@@ -64,11 +60,7 @@ final class TransferLoop: @unchecked Sendable {
 
     /// Runs `transfer` on the loop and waits for it; nil when it completed.
     func run(_ transfer: Transfer) -> TransferError? {
-        pthread_mutex_lock(submitLock)
-        submitted.append(transfer)
-        pthread_mutex_unlock(submitLock)
-        var one: UInt64 = 1
-        _ = write(wake, &one, 8)
+        submitted.post(transfer)
         transfer.waitUntilDone()
         return transfer.failure
     }
@@ -88,7 +80,7 @@ final class TransferLoop: @unchecked Sendable {
             for index in 0..<max(0, Int(ready)) {
                 let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: tags[index]))
                 switch Kind(rawValue: tags[index] >> 32) {
-                case .wake?: takeSubmitted()
+                case .submitted?: takeSubmitted()
                 case .curlSocket?: socketAction(descriptor, events: events[index])
                 case .watch?: watchedSocketReady(registration: UInt32(truncatingIfNeeded: tags[index]), events: events[index])
                 case nil: break
@@ -113,14 +105,8 @@ final class TransferLoop: @unchecked Sendable {
     }
 
     private func takeSubmitted() {
-        var count: UInt64 = 0
-        _ = read(wake, &count, 8)
-        pthread_mutex_lock(submitLock)
-        let batch = submitted
-        submitted.removeAll(keepingCapacity: true)
-        pthread_mutex_unlock(submitLock)
         let now = Clock.monotonicMilliseconds()
-        for transfer in batch {
+        for transfer in submitted.takeAll() {
             transfer.nextTick = now + transfer.tickMilliseconds
             running[transfer.easy] = transfer
             if let watch = transfer.watch {
