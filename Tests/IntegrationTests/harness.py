@@ -171,6 +171,18 @@ class Stack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def dechunk(body):
+    """The payload of an HTTP/1.1 chunked body that ends with its last chunk."""
+    out, position = bytearray(), 0
+    while True:
+        end = body.index(b"\r\n", position)
+        size = int(body[position:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[end + 2:end + 2 + size]
+        position = end + 2 + size + 2
+
+
 def raw_post(port, path, payload, token):
     """A POST on a bare socket, so a test can close it mid-stream like a browser tab."""
     body = json.dumps(payload).encode()

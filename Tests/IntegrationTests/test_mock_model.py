@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import MODEL_KEY, Stack
+from harness import MODEL_KEY, Stack, dechunk
 
 DELAY_MS = 1
 WORDS = 1500
@@ -18,17 +18,6 @@ def paced_stack():
     started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, threads=2)
     yield started
     started.stop()
-
-
-def dechunk(body):
-    out, position = bytearray(), 0
-    while True:
-        end = body.index(b"\r\n", position)
-        size = int(body[position:end].split(b";")[0], 16)
-        if size == 0:
-            return bytes(out)
-        out += body[end + 2:end + 2 + size]
-        position = end + 2 + size + 2
 
 
 def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedule(paced_stack):

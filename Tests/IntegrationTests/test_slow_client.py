@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import Stack, hs256_token, wait_until
+from harness import Stack, dechunk, hs256_token, wait_until
 
 WORDS = 60_000  # about 11 MB of records: more than every buffer between the client and us holds
 
@@ -37,17 +37,6 @@ def read_to_end(raw):
         received += chunk
     raw.close()
     return bytes(received)
-
-
-def dechunk(body):
-    out, position = bytearray(), 0
-    while True:
-        end = body.index(b"\r\n", position)
-        size = int(body[position:end].split(b";")[0], 16)
-        if size == 0:
-            return bytes(out)
-        out += body[end + 2:end + 2 + size]
-        position = end + 2 + size + 2
 
 
 def test_a_client_that_stops_reading_holds_up_no_other_stream(stack, client, alice):
