@@ -91,6 +91,7 @@ def test_a_scripted_conversation_covers_every_request_type(kit):
     thread_id = events[0].thread.id
     first_user_item = events[1].item.id
     assert thread_id.startswith("thr_") and first_user_item.startswith("msg_")
+    assert alice.json("threads.get_by_id", {"thread_id": thread_id}, THREAD).title == "hello there"
 
     # a tool turn: progress, a workflow with one task per call, then the answer
     events = alice.stream("threads.add_user_message", {"thread_id": thread_id, "input": user_input("add buy milk")})

@@ -232,8 +232,10 @@ struct ChatKitEndpoint {
                           writer: ResponseWriter, log: inout RequestLog, titleSource: String?) throws {
         sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
         let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
-        let untitled = conversation.title.isEmpty ? titleSource : nil
-        if let untitled, worker.app.config.titleStyle == .truncate { stream.titleToStore = Titles.truncate(untitled) }
+        // A new thread's title: a truncation is known now and rides along with the first items.
+        let titleSourceIfUntitled = conversation.title.isEmpty ? titleSource : nil
+        let truncatedTitle = worker.app.config.titleStyle == .truncate ? titleSourceIfUntitled.map { Titles.truncate($0) } : nil
+        stream.titleToStore = truncatedTitle
         let history = try knownHistory
             ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
         let agent = worker.agent(clientTools: worker.app.config.clientTools)
@@ -242,12 +244,12 @@ struct ChatKitEndpoint {
         log.rounds = summary.rounds
         log.usage = summary.usage
         try stream.finish(summary.end, log: &log)
-        if let untitled, !sse.clientGone {
+        if let titleSourceIfUntitled, !sse.clientGone {
             var titled = conversation
-            if let stored = stream.storedTitle {
-                titled.title = stored
+            if let truncatedTitle, stream.titleToStore == nil {
+                titled.title = truncatedTitle
             } else {
-                titled.title = Titles.make(for: untitled, style: worker.app.config.titleStyle, model: agent.model)
+                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle, model: agent.model)
                 try store.rename(conversationID: titled.id, title: titled.title)
             }
             sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])

@@ -24,10 +24,9 @@ final class ChatKitStream: AgentObserver {
     private let app: Application
     private var assistant: OpenMessage?
     private var workflow: OpenWorkflow?
-    /// A new thread's title, stored with the turn's first items rather than by a write of its own.
+    /// A new thread's title, stored with the turn's first items rather than by a write of its
+    /// own; nil again once stored.
     var titleToStore: String?
-    /// The title once stored.
-    private(set) var storedTitle: String?
 
     init(conversation: Conversation, store: any Store, sse: SSEWriter, writer: ResponseWriter, app: Application) {
         self.conversation = conversation
@@ -186,7 +185,7 @@ final class ChatKitStream: AgentObserver {
             doneEvents.append(clientCallItem)
         }
         try store.append(entries, to: conversation.id, title: titleToStore)
-        if titleToStore != nil { (storedTitle, titleToStore) = (titleToStore, nil) }
+        titleToStore = nil
         let now = Int64(Clock.unixTime() * 1000)
         for var entry in doneEvents {
             entry.createdAt = now
