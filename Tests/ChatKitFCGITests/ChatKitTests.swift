@@ -17,6 +17,12 @@ import Testing
             == [["type": "output_text", "text": "Done.", "annotations": []]])
     }
 
+    @Test func timestampsAreUTCWithMillisecondsAsJavaScriptWritesThem() {
+        #expect(ChatKitItems.timestamp(0) == "1970-01-01T00:00:00.000Z")
+        #expect(ChatKitItems.timestamp(1_700_000_000_007) == "2023-11-14T22:13:20.007Z")
+        #expect(ChatKitItems.timestamp(4_102_444_799_999) == "2099-12-31T23:59:59.999Z")
+    }
+
     @Test func rowsForTheModelOnlyAreNeverShown() {
         let call = ChatMessage(role: .assistant, content: nil, toolCalls: [ToolCall(id: "c", name: "list_tasks", arguments: "{}")])
         #expect(ConversationEntry(call).audience == .model)
@@ -140,6 +146,45 @@ import Testing
         let results = try store.recentMessages(conversationID: conversation.id, limit: 10).filter { $0.role == .tool }
         #expect(results.count == 1)
         #expect(try store.entry(conversationID: conversation.id, itemID: "tc_1")?.item?["status"] == "completed")
+    }
+}
+
+@Suite struct ChatKitStreamTests {
+    let database = TemporaryDatabase()
+
+    /// The events a streamed answer produces, each parsed back.
+    func events(forDeltas deltas: [String]) throws -> [JSON] {
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "alice", title: "")
+        let writer = SSEWriterTests.RecordingWriter()
+        let app = Application(config: Config(), verifier: JWTVerifier(hmacKey: nil, keySource: nil, issuer: nil, audience: nil),
+                              database: SQLiteDatabase(path: database.path))
+        let stream = ChatKitStream(conversation: conversation, store: store, sse: SSEWriter(writer: writer), writer: writer, app: app)
+        for delta in deltas {
+            _ = stream.modelChunk(payload: [], parsed: try ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(delta)]]]]))
+        }
+        try stream.record([ChatMessage(role: .assistant, content: deltas.joined())])
+        return try writer.writes.joined().split(separator: "\n\n").map { record in
+            #expect(record.hasPrefix("data: "))
+            return try JSON.parse(Array(record.dropFirst(6).utf8))
+        }
+    }
+
+    @Test func aStreamedAnswerOpensWithItsFirstDeltaAndEndsDone() throws {
+        let deltas = ["Hello", " \"quoted\" \\ line\nbreak\u{1}", " ✓"]
+        let events = try events(forDeltas: deltas)
+        #expect(events.map { $0["type"]?.stringValue ?? "" } == ["thread.item.added", "thread.item.updated", "thread.item.updated",
+            "thread.item.updated", "thread.item.updated", "thread.item.updated", "thread.item.done"])
+        let itemID = try #require(events[0]["item"]?["id"]?.stringValue)
+        #expect(itemID.hasPrefix("msg_"))
+        // Text deltas are encoded from a prepared head; they must read as the protocol's event.
+        for (event, delta) in zip(events[2...4], deltas) {
+            #expect(event == ["type": "thread.item.updated", "item_id": .string(itemID),
+                              "update": ["type": "assistant_message.content_part.text_delta", "content_index": 0,
+                                         "delta": .string(delta)]])
+        }
+        #expect(events[5]["update"]?["content"]?["text"]?.stringValue == deltas.joined())
+        #expect(events[6]["item"]?["id"]?.stringValue == itemID)
     }
 }
 

@@ -26,21 +26,24 @@ public final class SSEWriter {
         writer.writeHead(status: 200, headers: Self.headers + extraHeaders)
     }
 
-    /// `data: <payload>\n\n` for a payload that is already one line of JSON.
+    /// `data: <payload>\n\n`, the payload written by `payload` straight into the record buffer.
     @discardableResult
-    public func send(payload: [UInt8], flush: Bool = true) -> Bool {
+    public func send(flush: Bool = true, _ payload: (inout [UInt8]) -> Void) -> Bool {
         buffer.append(contentsOf: "data: ".utf8)
-        buffer.append(contentsOf: payload)
+        payload(&buffer)
         buffer.append(contentsOf: "\n\n".utf8)
         return flush ? self.flush() : !clientGone
     }
 
+    /// For a payload that is already one line of JSON.
+    @discardableResult
+    public func send(payload: [UInt8], flush: Bool = true) -> Bool {
+        send(flush: flush) { $0.append(contentsOf: payload) }
+    }
+
     @discardableResult
     public func send(_ json: JSON, flush: Bool = true) -> Bool {
-        buffer.append(contentsOf: "data: ".utf8)
-        json.write(to: &buffer)
-        buffer.append(contentsOf: "\n\n".utf8)
-        return flush ? self.flush() : !clientGone
+        send(flush: flush) { json.write(to: &$0) }
     }
 
     /// True when nothing was written for `seconds`: time for a keepalive.

@@ -6,6 +6,16 @@ final class ChatKitStream: AgentObserver {
     private struct OpenMessage {
         let id: String
         var text = ""
+        /// A text delta's event up to the delta itself, encoded once: it goes out per token.
+        let deltaEventHead: [UInt8]
+
+        init(id: String) {
+            self.id = id
+            var head = Array(#"{"type":"thread.item.updated","item_id":"#.utf8)
+            JSON.writeString(id, to: &head)
+            head += #","update":{"type":"assistant_message.content_part.text_delta","content_index":0,"delta":"#.utf8
+            deltaEventHead = head
+        }
     }
 
     private struct OpenWorkflow {
@@ -69,9 +79,13 @@ final class ChatKitStream: AgentObserver {
             update(opened.id, ["type": "assistant_message.content_part.added", "content_index": 0,
                                "content": ChatKitItems.outputText("")], flush: false)
         }
-        assistant?.text += delta
-        update(assistant!.id, ["type": "assistant_message.content_part.text_delta", "content_index": 0, "delta": .string(delta)])
-        return !sse.clientGone
+        assistant!.text += delta
+        let head = assistant!.deltaEventHead
+        return sse.send { event in
+            event += head
+            JSON.writeString(delta, to: &event)
+            event += "}}".utf8
+        }
     }
 
     func toolStarted(call: ToolCall) {
