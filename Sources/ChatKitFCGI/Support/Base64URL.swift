@@ -24,8 +24,9 @@ public enum Base64URL {
     }
 
     /// Strict: no padding, no whitespace, nothing outside the alphabet.
-    public static func decode<Text: StringProtocol>(_ text: Text) -> [UInt8]? {
-        let symbols = Array(text.utf8)
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? { decode(text.utf8) }
+
+    public static func decode(_ symbols: some Collection<UInt8>) -> [UInt8]? {
         guard symbols.count % 4 != 1 else { return nil }
         var output: [UInt8] = []
         output.reserveCapacity(symbols.count * 3 / 4)
