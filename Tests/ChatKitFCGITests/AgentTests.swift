@@ -8,7 +8,7 @@ final class ScriptedModel: ChatModel {
 
     init(_ answers: [ModelTurn]) { self.answers = answers }
 
-    func stream(messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver) -> ModelTurn {
+    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
         received.append(messages)
         let answer = answers.removeFirst()
         for word in answer.text.split(separator: " ") {

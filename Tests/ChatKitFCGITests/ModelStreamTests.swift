@@ -2,6 +2,17 @@
 import Testing
 
 @Suite struct ChatCompletionChunkTests {
+    @Test func theRequestOffersTheToolsEncodedOnceAsItsLastMember() throws {
+        let client = ModelClient(settings: .init(baseURL: "http://127.0.0.1:9/v1", apiKey: nil, model: "m"), http: HTTPClient())
+        let messages = [ChatMessage(role: .system, content: "sys"), .user("hi \"there\"")]
+        let tools = ToolDefinitions(TaskTools.toolbox.tools.map(\.chatCompletionsDefinition))
+        let body = try JSON.parse(client.requestBody(messages: messages, tools: tools))
+        #expect(body == ["model": "m", "stream": true, "stream_options": ["include_usage": true],
+                         "messages": .array(messages.map(\.json)), "tools": .array(tools.definitions)])
+        // No tools, no `tools` member: some servers refuse an empty list.
+        #expect(try JSON.parse(client.requestBody(messages: messages, tools: .none))["tools"] == nil)
+    }
+
     @Test func readsContentToolFragmentsFinishReasonAndUsage() throws {
         let chunk = try ChatCompletionChunk(JSON.parse(#"""
             {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi","tool_calls":[

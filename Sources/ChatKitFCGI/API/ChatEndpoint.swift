@@ -75,7 +75,7 @@ struct ChatEndpoint {
         }
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, worker: worker)
-        let summary = try worker.agent().run(
+        let summary = try worker.chatAgent.run(
             history: history, context: ToolContext(userID: user, store: store), observer: stream
         ) { messages in try store.append(messages, to: conversation.id) }
         log.rounds = summary.rounds

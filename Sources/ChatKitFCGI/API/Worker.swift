@@ -3,7 +3,6 @@
 public final class Worker {
     public let app: Application
     private var openStore: SQLiteStore?
-    private var modelClient: ModelClient?
 
     public init(app: Application) {
         self.app = app
@@ -16,18 +15,21 @@ public final class Worker {
         return store
     }
 
-    func agent(clientTools: [ClientTool] = []) -> Agent {
-        let client = modelClient ?? {
-            var settings = ModelClient.Settings(
-                baseURL: app.config.openAIBaseURL, apiKey: app.config.openAIAPIKey, model: app.config.model)
-            settings.connectTimeoutMilliseconds = app.config.connectTimeoutMilliseconds
-            settings.stallTimeoutSeconds = app.config.stallTimeoutSeconds
-            return ModelClient(settings: settings, http: HTTPClient())
-        }()
-        modelClient = client
-        return Agent(
-            model: client, toolbox: app.toolbox, systemPrompt: app.config.systemPrompt,
-            maxRounds: app.config.maxToolRounds, clientTools: clientTools)
+    /// /api/chat offers the server's tools; ChatKit adds the operator's client tools. Both are
+    /// made on first use and kept: the tool list they send is encoded once.
+    private(set) lazy var chatAgent = makeAgent(clientTools: [])
+    private(set) lazy var chatKitAgent = makeAgent(clientTools: app.config.clientTools)
+
+    private lazy var modelClient: ModelClient = {
+        var settings = ModelClient.Settings(baseURL: app.config.openAIBaseURL, apiKey: app.config.openAIAPIKey, model: app.config.model)
+        settings.connectTimeoutMilliseconds = app.config.connectTimeoutMilliseconds
+        settings.stallTimeoutSeconds = app.config.stallTimeoutSeconds
+        return ModelClient(settings: settings, http: HTTPClient())
+    }()
+
+    private func makeAgent(clientTools: [ClientTool]) -> Agent {
+        Agent(model: modelClient, toolbox: app.toolbox, systemPrompt: app.config.systemPrompt, maxRounds: app.config.maxToolRounds,
+              clientTools: clientTools)
     }
 
     /// Serves one request. Every failure ends as a JSON error before the stream starts, or as an

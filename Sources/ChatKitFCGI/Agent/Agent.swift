@@ -67,6 +67,7 @@ public struct Agent {
     public let systemPrompt: String
     public let maxRounds: Int
     public let clientTools: [ClientTool]
+    public let toolDefinitions: ToolDefinitions
 
     public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int, clientTools: [ClientTool] = []) {
         self.model = model
@@ -74,6 +75,7 @@ public struct Agent {
         self.systemPrompt = systemPrompt
         self.maxRounds = maxRounds
         self.clientTools = clientTools
+        toolDefinitions = ToolDefinitions(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
     }
 
     /// `history` ends with the user's new message, already stored. `record` stores messages
@@ -83,11 +85,10 @@ public struct Agent {
         record: ([ChatMessage]) throws -> Void
     ) throws -> TurnSummary {
         var messages = [ChatMessage(role: .system, content: systemPrompt)] + Self.answeringEveryCall(history)
-        let tools = JSON.array(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
         var summary = TurnSummary(end: .answered)
         while summary.rounds < maxRounds {
             summary.rounds += 1
-            let turn = model.stream(messages: messages, tools: tools, observer: observer)
+            let turn = model.stream(messages: messages, tools: toolDefinitions, observer: observer)
             summary.usage.promptTokens &+= turn.usage.promptTokens
             summary.usage.completionTokens &+= turn.usage.completionTokens
             let text = turn.text.isEmpty ? turn.refusal : turn.text

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The parts of a `chat.completion.chunk` the agent acts on. The chunk itself is forwarded
 /// verbatim; this is only what we read from it.
 public struct ChatCompletionChunk: Equatable {
@@ -79,9 +81,8 @@ public struct ChatCompletionChunk: Equatable {
         case error, usage, choices, index, finishReason, delta, content, refusal, toolCalls
 
         init?(_ utf8: UnsafeBufferPointer<UInt8>) {
-            func equals(_ name: StaticString) -> Bool {
-                utf8.elementsEqual(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-            }
+            // Lengths are matched first; memcmp is a fraction of a generic elementsEqual here.
+            func equals(_ name: StaticString) -> Bool { memcmp(utf8.baseAddress!, name.utf8Start, utf8.count) == 0 }
             switch utf8.count {
             case 5 where equals("error"): self = .error
             case 5 where equals("usage"): self = .usage

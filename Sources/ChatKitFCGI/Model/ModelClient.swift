@@ -49,7 +49,21 @@ public protocol ModelStreamObserver: AnyObject {
 /// Something that answers a conversation in streamed chunks: the real client, or a scripted
 /// model in unit tests.
 public protocol ChatModel {
-    func stream(messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver) -> ModelTurn
+    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn
+}
+
+/// The `tools` list of a chat completions request, encoded once: every request a worker sends
+/// offers the same tools, and encoding their schemas was most of encoding a request.
+public struct ToolDefinitions: Sendable {
+    public let definitions: [JSON]
+    public let encoded: [UInt8]
+
+    public static let none = ToolDefinitions([])
+
+    public init(_ definitions: [JSON]) {
+        self.definitions = definitions
+        encoded = JSON.array(definitions).serializedBytes
+    }
 }
 
 /// Streams chat completions from an OpenAI-compatible server over libcurl.
@@ -80,18 +94,23 @@ public final class ModelClient: ChatModel {
         self.http = http
     }
 
-    public func requestBody(messages: [ChatMessage], tools: JSON) -> [UInt8] {
-        var body: [(String, JSON)] = [
+    public func requestBody(messages: [ChatMessage], tools: ToolDefinitions) -> [UInt8] {
+        var body = JSON.object([
             ("model", .string(settings.model)),
             ("stream", true),
             ("stream_options", ["include_usage": true]),
             ("messages", .array(messages.map(\.json))),
-        ]
-        if case .array(let list) = tools, !list.isEmpty { body.append(("tools", tools)) }
-        return JSON.object(body).serializedBytes
+        ]).serializedBytes
+        if !tools.definitions.isEmpty {
+            body.removeLast()  // the closing brace: the encoded list goes in as the last member
+            body += #","tools":"#.utf8
+            body += tools.encoded
+            body.append(UInt8(ascii: "}"))
+        }
+        return body
     }
 
-    public func stream(messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver) -> ModelTurn {
+    public func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
         var turn = ModelTurn()
         do throws(ModelError) {
             try stream(messages: messages, tools: tools, observer: observer, into: &turn)
@@ -102,7 +121,7 @@ public final class ModelClient: ChatModel {
     }
 
     private func stream(
-        messages: [ChatMessage], tools: JSON, observer: ModelStreamObserver, into turn: inout ModelTurn
+        messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver, into turn: inout ModelTurn
     ) throws(ModelError) {
         var request = HTTPClient.Request(url: settings.baseURL + "/chat/completions")
         request.method = "POST"

@@ -238,9 +238,8 @@ struct ChatKitEndpoint {
         stream.titleToStore = truncatedTitle
         let history = try knownHistory
             ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
-        let agent = worker.agent(clientTools: worker.app.config.clientTools)
-        let summary = try agent.run(history: history, context: ToolContext(userID: user, store: store), observer: stream,
-                                    record: stream.record)
+        let summary = try worker.chatKitAgent.run(history: history, context: ToolContext(userID: user, store: store),
+                                                  observer: stream, record: stream.record)
         log.rounds = summary.rounds
         log.usage = summary.usage
         try stream.finish(summary.end, log: &log)
@@ -249,7 +248,7 @@ struct ChatKitEndpoint {
             if let truncatedTitle, stream.titleToStore == nil {
                 titled.title = truncatedTitle
             } else {
-                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle, model: agent.model)
+                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle, model: worker.chatKitAgent.model)
                 try store.rename(conversationID: titled.id, title: titled.title)
             }
             sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])

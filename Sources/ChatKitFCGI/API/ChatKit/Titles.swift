@@ -10,7 +10,7 @@ public enum Titles {
                         + "message. Answer with the title only, no quotes."),
             .user(String(message.prefix(2000))),
         ]
-        let answer = model.stream(messages: prompt, tools: [], observer: SilentObserver())
+        let answer = model.stream(messages: prompt, tools: .none, observer: SilentObserver())
         let title = answer.text.trimmed().trimmingQuotes()
         guard answer.failure == nil, !title.isEmpty else { return truncate(message) }
         return truncate(String(title))
