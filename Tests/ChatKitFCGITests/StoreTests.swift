@@ -222,6 +222,8 @@ import Testing
             #expect(id.dropFirst(4).allSatisfy { "0123456789abcdef".contains($0) })
         }
         #expect(first < second, "a later id must sort after an earlier one")
+        let stamp = Int64(first.dropFirst(4).prefix(12), radix: 16) ?? 0
+        #expect(abs(stamp - Int64(Clock.unixTime() * 1000)) < 1000, "the first 12 digits are the milliseconds")
         #expect(Set((0..<1000).map { _ in PublicID.make("thr") }).count == 1000)
     }
 }
