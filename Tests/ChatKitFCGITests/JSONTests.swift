@@ -11,6 +11,17 @@ import Testing
         #expect(json["s"] == .string("x\"\\/\né😀"))
     }
 
+    @Test(arguments: [("0", 0), ("-0", 0), ("-7", -7), ("999999999999999999", 999_999_999_999_999_999),
+                      ("-99999999999999999", -99_999_999_999_999_999), ("9223372036854775807", Int.max), ("-9223372036854775808", Int.min)])
+    func integersParseExactlyAtEveryLength(text: String, value: Int) throws {
+        let json = try JSON.parse(text)
+        #expect(json.typeName == "integer" && json.intValue == value)
+    }
+
+    @Test func anIntegerTooLargeForIntIsADouble() throws {
+        #expect(try JSON.parse("9223372036854775808") == .double(9_223_372_036_854_775_808))
+    }
+
     @Test func serialisesCompactlyWithEscapes() {
         let json: JSON = ["text": "a\"b\\c\nd\u{01}", "list": [1, 2.5, nil, false]]
         #expect(json.serialized == #"{"text":"a\"b\\c\nd\u0001","list":[1,2.5,null,false]}"#)

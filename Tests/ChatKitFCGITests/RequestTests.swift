@@ -37,6 +37,14 @@ import Testing
         #expect(Titles.truncate( "  Add milk\nplease ") == "Add milk please")
         let long = Titles.truncate( String(repeating: "word ", count: 30))
         #expect(long.count <= 61 && long.hasSuffix("…"))
+        #expect(long == String(repeating: "word ", count: 12).dropLast() + "…", "cut on the last space within the limit")
+        #expect(Titles.truncate(String(repeating: "a", count: 60)) == String(repeating: "a", count: 60))
+        #expect(Titles.truncate(String(repeating: "a", count: 61)) == String(repeating: "a", count: 60) + "…")
+        // A space too early to keep half the limit is not used: the cut falls mid-word.
+        #expect(Titles.truncate("ab " + String(repeating: "x", count: 70)) == "ab " + String(repeating: "x", count: 57) + "…")
+        #expect(Titles.truncate(String(repeating: "👍🏽", count: 61)) == String(repeating: "👍🏽", count: 60) + "…")
+        #expect(Titles.truncate("a\r\nb\u{2028}c\u{85}d é") == "a b c d é")
+        #expect(Titles.truncate(String(repeating: "word\n", count: 30)) == long, "a newline is a place to cut too")
     }
 }
 

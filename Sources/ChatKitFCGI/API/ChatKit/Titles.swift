@@ -16,13 +16,26 @@ public enum Titles {
         return truncate(String(title))
     }
 
-    /// On a word boundary where one is near, with an ellipsis when cut.
+    /// On a word boundary where one is near, with an ellipsis when cut. Characters are walked
+    /// by index, not made one by one: that cost more than the rest of a new thread's request.
     public static func truncate(_ message: String, limit: Int = 60) -> String {
-        let flat = String(message.trimmed().map { $0.isNewline ? " " : $0 })
-        guard flat.count > limit else { return flat }
-        let cut = flat.prefix(limit)
-        let boundary = cut.lastIndex(of: " ").map { cut[..<$0] } ?? cut
-        return String(boundary.count >= limit / 2 ? boundary : cut) + "…"
+        let text = message.trimmed()
+        guard let end = text.index(text.startIndex, offsetBy: limit, limitedBy: text.endIndex), end < text.endIndex else {
+            return flattened(text)
+        }
+        let cut = text[..<end]
+        if let space = cut.lastIndex(where: { $0 == " " || $0.isNewline }),
+            cut.distance(from: cut.startIndex, to: space) >= limit / 2 {
+            return flattened(cut[..<space]) + "…"
+        }
+        return flattened(cut) + "…"
+    }
+
+    /// One line: newlines become spaces. Only text with a byte that can begin a newline
+    /// character (ASCII 10 to 13, U+0085, U+2028, U+2029) needs looking at Character by Character.
+    private static func flattened(_ text: Substring) -> String {
+        let mayHoldNewline = text.utf8.contains { (0x0A...0x0D).contains($0) || $0 == 0xC2 || $0 == 0xE2 }
+        return mayHoldNewline ? String(text.map { $0.isNewline ? " " : $0 }) : String(text)
     }
 
     /// The title call streams nowhere; nobody is waiting on it.
