@@ -234,14 +234,18 @@ final class Transfer: @unchecked Sendable {
 
     func tick(outputHasRoom: Bool) -> Bool { callbacks?.onTick(outputHasRoom) ?? false }
 
+    /// One header line, read as bytes: this runs for every line of every model response.
     func header(_ line: UnsafeRawBufferPointer) {
-        let text = String(decoding: line, as: UTF8.self)
-        if text.hasPrefix("HTTP/") {
+        if line.starts(with: "HTTP/".utf8) {
             head = HTTPResponseHead()  // a new response (after 100-continue, say)
             return
         }
-        guard let colon = text.firstIndex(of: ":") else { return }
-        head.headers[text[..<colon].lowercased()] = String(text[text.index(after: colon)...].trimmed())
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return }
+        var value = line[(colon + 1)...]
+        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0A }
+        while let first = value.first, isSpace(first) { value = value.dropFirst() }
+        while let last = value.last, isSpace(last) { value = value.dropLast() }
+        head.headers[String(decoding: line[..<colon], as: UTF8.self).lowercased()] = String(decoding: value, as: UTF8.self)
     }
 
     /// Called before the first body byte, or at the end for a response without a body.
