@@ -11,7 +11,7 @@ dumps the counters and prints instructions per request, then the functions that 
 
     swift build -c release
     python3 Tests/Benchmarks/instructions-per-request.py [--path chat|chatkit] [--build-dir DIR]
-        [--requests 200] [--warmup 20] [--top 25]
+        [--requests 100] [--warmup 10] [--top 30] [--save FILE]
 
 The request is the one bench.py sends: a new conversation (or ChatKit thread) whose answer is
 20 streamed words. Needs valgrind (Debian: valgrind).
@@ -22,6 +22,7 @@ import glob
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", choices=["chat", "chatkit"], default="chat")
     parser.add_argument("--build-dir", default=os.path.join(harness.REPO, ".build", "release"))
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--words", type=int, default=20)
     parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions")
     parser.add_argument("--save", help="copy callgrind's dump here, for callgrind_annotate")
@@ -89,19 +90,21 @@ def main():
             raise RuntimeError("callgrind wrote no dump")
         if args.save:
             shutil.copyfile(dumps[-1], args.save)
-        annotate = subprocess.run(["callgrind_annotate", "--inclusive=yes", dumps[-1]],
+        annotate = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--auto=no", "--threshold=100", dumps[-1]],
                                   check=True, capture_output=True, text=True).stdout
         total = next(int(line.split()[0].replace(",", "")) for line in annotate.splitlines()
                      if line.strip().endswith("PROGRAM TOTALS"))
         print(f"/{url.strip('/')}: {total / args.requests:,.0f} instructions per request "
               f"({args.requests} requests, {args.build_dir})")
         if args.top:
-            rows = [line.split(maxsplit=2) for line in annotate.splitlines()
-                    if line.strip()[:1].isdigit() and "PROGRAM TOTALS" not in line][:args.top]
+            # "  1,234 (12.34%)  file:function [object]": a function's inclusive cost
+            rows = [(count, place.split(" [")[0].split(":", 1)[-1])
+                    for count, place in re.findall(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", annotate, re.MULTILINE)
+                    if place != "PROGRAM TOTALS"][:args.top]
             names = subprocess.run(["swift", "demangle", "--simplified", "--compact"], input="\n".join(
-                row[2].split(":", 1)[-1].split(" [")[0] for row in rows), capture_output=True, text=True).stdout
-            for row, name in zip(rows, names.splitlines()):
-                print(f"{int(row[0].replace(',', '')) / args.requests:12,.0f}  {name[:160]}")
+                name for _, name in rows), capture_output=True, text=True).stdout
+            for (count, _), name in zip(rows, names.splitlines()):
+                print(f"{int(count.replace(',', '')) / args.requests:12,.0f}  {name[:160]}")
     finally:
         stack.stop()
 
