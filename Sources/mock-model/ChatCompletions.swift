@@ -132,37 +132,55 @@ struct ChatCompletions: Sendable {
 
     // MARK: - Streaming
 
-    private func chunk(_ context: Context, delta: JSON, finishReason: String? = nil) -> JSON {
-        let choice: JSON = [
-            "index": 0,
-            "delta": delta,
-            "logprobs": .null,
-            "finish_reason": JSON(finishReason),
-        ]
-        return [
-            "id": .string(context.id),
-            "object": "chat.completion.chunk",
-            "created": .int(context.created),
-            "model": .string(context.model),
-            "choices": [choice],
-        ]
+    /// A `chat.completion.chunk`, encoded as `JSON` would encode the whole object, from a head
+    /// (id, object, created, model) encoded once per response.
+    private struct ChunkEncoder {
+        let head: [UInt8]
+
+        init(_ context: Context) {
+            var head = Array(#"{"id":"#.utf8)
+            JSON.writeString(context.id, to: &head)
+            head += #","object":"chat.completion.chunk","created":"#.utf8
+            JSON.int(context.created).write(to: &head)
+            head += #","model":"#.utf8
+            JSON.writeString(context.model, to: &head)
+            head += #","choices":[{"index":0,"delta":"#.utf8
+            self.head = head
+        }
+
+        func chunk(delta: JSON, finishReason: String? = nil, into out: inout [UInt8]) {
+            out += head
+            delta.write(to: &out)
+            out += #","logprobs":null,"finish_reason":"#.utf8
+            JSON(finishReason).write(to: &out)
+            out += "}]}".utf8
+        }
     }
 
     /// The SSE records of the whole stream, in order (without `: keepalive` comments).
     private func records(_ plan: MockPlan, _ context: Context, includeUsage: Bool) -> [[UInt8]] {
-        let lineEnd = plan.crlf ? "\r\n" : "\n"
+        let recordEnd = Array((plan.crlf ? "\r\n\r\n" : "\n\n").utf8)
+        let encoder = ChunkEncoder(context)
         var records: [[UInt8]] = []
-        func add(_ value: JSON) {
-            records.append(Array("data: ".utf8) + value.serializedBytes + Array((lineEnd + lineEnd).utf8))
+        func add(_ payload: (inout [UInt8]) -> Void) {
+            var record = Array("data: ".utf8)
+            record.reserveCapacity(512)
+            payload(&record)
+            record += recordEnd
+            records.append(record)
+        }
+        func add(_ value: JSON) { add { value.write(to: &$0) } }
+        func chunk(delta: JSON, finishReason: String? = nil) {
+            add { encoder.chunk(delta: delta, finishReason: finishReason, into: &$0) }
         }
 
-        add(chunk(context, delta: ["role": "assistant", "content": ""]))
+        chunk(delta: ["role": "assistant", "content": ""])
         let finishReason: String
         var completionTokens = 0
         switch plan.answer {
         case .text(let pieces):
             for piece in pieces {
-                add(chunk(context, delta: ["content": .string(piece)]))
+                chunk(delta: ["content": .string(piece)])
             }
             completionTokens = pieces.count
             finishReason = "stop"
@@ -174,10 +192,10 @@ struct ChatCompletions: Sendable {
                     "type": "function",
                     "function": ["name": .string(call.name), "arguments": ""],
                 ]
-                add(chunk(context, delta: ["tool_calls": [header]]))
+                chunk(delta: ["tool_calls": [header]])
                 for fragment in Script.argumentFragments(call.arguments) {
                     let part: JSON = ["index": .int(i), "function": ["arguments": .string(fragment)]]
-                    add(chunk(context, delta: ["tool_calls": [part]]))
+                    chunk(delta: ["tool_calls": [part]])
                     completionTokens += 1
                 }
             }
@@ -186,7 +204,7 @@ struct ChatCompletions: Sendable {
 
         switch plan.ending {
         case .normal, .linger:
-            add(chunk(context, delta: [:], finishReason: finishReason))
+            chunk(delta: [:], finishReason: finishReason)
             if includeUsage {
                 add([
                     "id": .string(context.id),
@@ -202,7 +220,7 @@ struct ChatCompletions: Sendable {
         case .truncate:
             return records
         }
-        records.append(Array("data: [DONE]\(lineEnd)\(lineEnd)".utf8))
+        add { $0 += "[DONE]".utf8 }
         return records
     }
 
@@ -217,7 +235,12 @@ struct ChatCompletions: Sendable {
 
         /// One HTTP chunk per record, so each is delivered on its own.
         func chunk(_ payload: [UInt8]) -> [UInt8] {
-            chunked ? Array(String(payload.count, radix: 16).utf8) + [0x0D, 0x0A] + payload + [0x0D, 0x0A] : payload
+            guard chunked else { return payload }
+            var frame = Array("\(String(payload.count, radix: 16))\r\n".utf8)
+            frame.reserveCapacity(frame.count + payload.count + 2)
+            frame += payload
+            frame += "\r\n".utf8
+            return frame
         }
 
         let records = records(plan, context, includeUsage: includeUsage)

@@ -9,9 +9,13 @@ connections), zeroes the counters, sends --requests requests one after another t
 dumps the counters and prints instructions per request, then the functions that take the most
 (inclusive, per request) when --top is given.
 
+With --process mock-model it counts the mock model instead, as bench.py's direct path uses it:
+the body the responder sends the model (taken from the mock's log after one request through
+nginx), posted straight to the mock under callgrind.
+
     swift build -c release
     python3 Tests/Benchmarks/instructions-per-request.py [--path chat|chatkit] [--build-dir DIR]
-        [--requests 100] [--warmup 10] [--top 30] [--save FILE]
+        [--process chatkit-fcgi|mock-model] [--requests 100] [--warmup 10] [--top 30] [--save FILE]
 
 The request is the one bench.py sends: a new conversation (or ChatKit thread) whose answer is
 20 streamed words. Needs valgrind (Debian: valgrind).
@@ -43,8 +47,8 @@ def request_body(path, words):
     return "/api/chat", {"messages": [{"role": "user", "content": prompt}], "conversation_id": None}
 
 
-def send(stack, url, body, token):
-    connection = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=120)
+def send(port, url, body, token):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     connection.request("POST", url, body, {"Authorization": f"Bearer {token}",
                                            "Content-Type": "application/json"})
     reply = connection.getresponse()
@@ -59,6 +63,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", choices=["chat", "chatkit"], default="chat")
     parser.add_argument("--build-dir", default=os.path.join(harness.REPO, ".build", "release"))
+    parser.add_argument("--process", choices=["chatkit-fcgi", "mock-model"], default="chatkit-fcgi")
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--words", type=int, default=20)
@@ -69,21 +74,33 @@ def main():
     stack = harness.Stack(threads=THREADS, build_dir=args.build_dir)
     try:
         out = os.path.join(stack.dir, "callgrind.out")
-        stack.responder.stop()
-        stack.processes.remove(stack.responder)
-        stack.responder = stack.start_responder(argv=[
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-            stack.binary, "serve", "--socket", stack.socket, "--threads", str(THREADS)])
-        harness.wait_until(lambda: os.path.exists(stack.socket), timeout=60, what="responder under valgrind")
+        callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
+        port = stack.http_port
         url, payload = request_body(args.path, args.words)
         body = json.dumps(payload).encode()
         token = harness.hs256_token("bench", ttl=24 * 3600)
+        if args.process == "mock-model":
+            send(port, url, body, token)
+            port, url, token = stack.model_port, "/v1/chat/completions", harness.MODEL_KEY
+            body = json.dumps(stack.model_requests()[-1], separators=(",", ":")).encode()
+            stack.mock.stop()
+            stack.processes.remove(stack.mock)
+            measured = stack.mock = stack._start(
+                "mock-model", callgrind + [os.path.join(args.build_dir, "mock-model"), "--port", str(port)],
+                {"MOCK_API_KEY": harness.MODEL_KEY, "MOCK_DELAY_MS": "0"})
+            harness.wait_until(lambda: harness.port_open(port), timeout=60, what="mock model under valgrind")
+        else:
+            stack.responder.stop()
+            stack.processes.remove(stack.responder)
+            measured = stack.responder = stack.start_responder(argv=callgrind + [
+                stack.binary, "serve", "--socket", stack.socket, "--threads", str(THREADS)])
+            harness.wait_until(lambda: os.path.exists(stack.socket), timeout=60, what="responder under valgrind")
         for _ in range(args.warmup):
-            send(stack, url, body, token)
-        pid = stack.responder.popen.pid
+            send(port, url, body, token)
+        pid = measured.popen.pid
         subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
         for _ in range(args.requests):
-            send(stack, url, body, token)
+            send(port, url, body, token)
         subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
         dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
         if not dumps:
@@ -94,7 +111,7 @@ def main():
                                   check=True, capture_output=True, text=True).stdout
         total = next(int(line.split()[0].replace(",", "")) for line in annotate.splitlines()
                      if line.strip().endswith("PROGRAM TOTALS"))
-        print(f"/{url.strip('/')}: {total / args.requests:,.0f} instructions per request "
+        print(f"{args.process}, /{url.strip('/')}: {total / args.requests:,.0f} instructions per request "
               f"({args.requests} requests, {args.build_dir})")
         if args.top:
             # "  1,234 (12.34%)  file:function [object]": a function's inclusive cost
