@@ -248,7 +248,8 @@ struct ChatKitEndpoint {
             if let truncatedTitle, stream.titleToStore == nil {
                 titled.title = truncatedTitle
             } else {
-                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle, model: worker.chatKitAgent.model)
+                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle,
+                                           model: worker.chatKitAgent.model)
                 try store.rename(conversationID: titled.id, title: titled.title)
             }
             sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])

@@ -5,7 +5,6 @@
 final class ChatKitStream: AgentObserver {
     private struct OpenMessage {
         let id: String
-        var text = ""
         /// A text delta's event up to the delta itself, encoded once: it goes out per token.
         let deltaEventHead: [UInt8]
 
@@ -79,7 +78,6 @@ final class ChatKitStream: AgentObserver {
             update(opened.id, ["type": "assistant_message.content_part.added", "content_index": 0,
                                "content": ChatKitItems.outputText("")], flush: false)
         }
-        assistant!.text += delta
         let head = assistant!.deltaEventHead
         return sse.send { event in
             event += head
