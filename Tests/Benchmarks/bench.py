@@ -22,8 +22,10 @@ one record every MOCK_DELAY_MS, default 10 ms, on a fixed schedule from the firs
 does not slow the model down), so both paths wait for exactly the same model.
 At each concurrency level (default 1, 32, 256) each path gets a warm-up, then every stream slot
 runs the same number of requests back to back, each on a fresh connection (HTTP/1.1,
-`Connection: close`, chunked decoding), from one asyncio process using raw Protocols so the
-client's cost is small and identical on both paths. The slots start spread over one request's
+`Connection: close`, chunked decoding), from one asyncio process using raw Protocols, on
+uvloop's event loop when it is installed, so the client's cost is small and identical on both
+paths (asyncio's own loop costs it a third more CPU per request, which at 256 streams the
+nginx path's processes need: the client shares the two cores with them). The slots start spread over one request's
 duration: every request takes the same time, so slots started together would stay in step and
 send their requests in bursts of `concurrency` for the whole level (--burst measures that).
 
@@ -50,7 +52,7 @@ Run from the repository root (needs nginx on PATH):
     options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
              slot, overrides --duration), --min-samples 100, --warmup 2 (s), --burst, --no-prewarm,
-             --env NAME=VALUE (for chatkit-fcgi), --json PATH
+             --env NAME=VALUE (for chatkit-fcgi), --loop auto|uvloop|asyncio, --json PATH
 
 Exit status: 0 when every request succeeded, 1 when any request failed (warm-ups included),
 2 when the harness itself failed (build missing, a process did not start or died, the first
@@ -446,7 +448,7 @@ def markdown(results, args):
     lines = []
     lines.append(f"Path /api/{args.path}. Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
                  f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
-                 f"fresh connection per request, "
+                 f"fresh connection per request, client on {args.loop}, "
                  f"{'slots started together (--burst)' if args.burst else 'slot starts spread over one request'}, "
                  f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
     lines.append("")
@@ -535,8 +537,19 @@ def parse_args():
     parser.add_argument("--path", choices=["chat", "chatkit"], default="chat",
                         help="the face to measure: /api/chat records, or /api/chatkit threads.create where TTFT "
                              "is the first text_delta (default chat)")
+    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help="the client's event loop; auto: uvloop when installed (default auto)")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
+    args.run_loop = asyncio.run
+    if args.loop != "asyncio":
+        try:
+            import uvloop
+            args.run_loop, args.loop = uvloop.run, "uvloop"
+        except ImportError:
+            if args.loop == "uvloop":
+                parser.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
+            args.loop = "asyncio"
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if args.words < 3 or not args.levels or min(args.levels) < 1 or args.delay_ms < 0:
         parser.error("--words must be >= 3, --concurrency positive integers, --delay-ms >= 0")
@@ -707,7 +720,7 @@ def main():
           f"responder pid {stack.responder.popen.pid}", flush=True)
     started = time.time()
     try:
-        results = asyncio.run(benchmark(stack, args))
+        results = args.run_loop(benchmark(stack, args))
         alive = {p.name: p.alive() for p in stack.processes}
         if not all(alive.values()):
             raise RuntimeError(f"a process died during the run: {alive}")
