@@ -36,6 +36,7 @@ static inline int clinux_epoll_wait_ns(int epoll, uint64_t *tags, uint32_t *even
     return clinux_epoll_copy_out(ready, epoll_pwait2(epoll, ready, capacity, timeout_ns < 0 ? NULL : &timeout, NULL),
                                  tags, events);
 }
+
 // prctl is variadic, which Swift cannot call. How late the calling thread's timed waits may
 // end, so that the kernel can serve several with one wake-up (the mock model's pacer).
 static inline int clinux_set_timer_slack(unsigned long nanoseconds) {

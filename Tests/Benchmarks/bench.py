@@ -24,10 +24,11 @@ At each concurrency level (default 1, 32, 256) each path gets a warm-up, then ev
 runs the same number of requests back to back, each on a fresh connection (HTTP/1.1,
 `Connection: close`, chunked decoding), from one asyncio process using raw Protocols, on
 uvloop's event loop when it is installed, so the client's cost is small and identical on both
-paths (asyncio's own loop costs it a third more CPU per request, which at 256 streams the
-nginx path's processes need: the client shares the two cores with them). The slots start spread over one request's
-duration: every request takes the same time, so slots started together would stay in step and
-send their requests in bursts of `concurrency` for the whole level (--burst measures that).
+paths (asyncio's own loop costs it a third more CPU per request, CPU that the nginx path's
+processes need at 256 streams: the client shares the two cores with them). The slots start
+spread over one request's duration: every request takes the same time, so slots started
+together would stay in step and send their requests in bursts of `concurrency` for the whole
+level (--burst measures that).
 
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
 choices[0].delta.content is non-empty; total = until the end of the stream; an error is a
@@ -541,11 +542,10 @@ def parse_args():
                         help="the client's event loop; auto: uvloop when installed (default auto)")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
-    args.run_loop = asyncio.run
     if args.loop != "asyncio":
         try:
-            import uvloop
-            args.run_loop, args.loop = uvloop.run, "uvloop"
+            import uvloop  # noqa: F401  (only whether it is installed)
+            args.loop = "uvloop"
         except ImportError:
             if args.loop == "uvloop":
                 parser.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
@@ -720,7 +720,11 @@ def main():
           f"responder pid {stack.responder.popen.pid}", flush=True)
     started = time.time()
     try:
-        results = args.run_loop(benchmark(stack, args))
+        if args.loop == "uvloop":
+            import uvloop
+            results = uvloop.run(benchmark(stack, args))
+        else:
+            results = asyncio.run(benchmark(stack, args))
         alive = {p.name: p.alive() for p in stack.processes}
         if not all(alive.values()):
             raise RuntimeError(f"a process died during the run: {alive}")
