@@ -53,3 +53,28 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
     # the time the socket stayed full, most of the stream.
     nominal = (len(records) - 1) * DELAY_MS / 1000
     assert elapsed < nominal * 1.1 + 0.15, f"{elapsed:.2f} s for a stream scheduled over {nominal:.2f} s"
+
+
+def test_records_leave_when_they_fall_due_never_before_and_not_much_after(paced_stack):
+    # "slow 6": six words 50 ms apart, then the finish and [DONE] records on the same schedule.
+    interval = 0.050
+    body = json.dumps({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "slow 6"}]}).encode()
+    raw = socket.create_connection(("127.0.0.1", paced_stack.model_port), timeout=10)
+    raw.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {MODEL_KEY}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+    arrivals, seen = [], 0
+    received = bytearray()
+    while chunk := raw.recv(1 << 16):
+        received += chunk
+        now = time.monotonic()
+        count = received.count(b"data: ")
+        arrivals += [now] * (count - seen)
+        seen = count
+    raw.close()
+    assert dechunk(bytes(received).partition(b"\r\n\r\n")[2]).endswith(b"data: [DONE]\n\n")
+    assert len(arrivals) >= 8
+    # The first record leaves with the head; record i falls due i intervals after it.
+    lateness = [arrival - arrivals[0] - index * interval for index, arrival in enumerate(arrivals)]
+    assert min(lateness) > -0.002, f"a record left early: {lateness}"
+    assert sorted(lateness)[len(lateness) // 2] < 0.010, f"records left late: {lateness}"
