@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import MODEL_KEY, Stack, dechunk
+from harness import MODEL_KEY, Stack, dechunk, raw_post
 
 DELAY_MS = 1
 WORDS = 1500
@@ -58,15 +58,14 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
 def test_records_leave_when_they_fall_due_never_before_and_not_much_after(paced_stack):
     # "slow 6": six words 50 ms apart, then the finish and [DONE] records on the same schedule.
     interval = 0.050
-    body = json.dumps({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "slow 6"}]}).encode()
-    raw = socket.create_connection(("127.0.0.1", paced_stack.model_port), timeout=10)
     sent = time.monotonic()  # the schedule starts later, when the mock has read the request
-    raw.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                f"Authorization: Bearer {MODEL_KEY}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
-                .encode() + body)
+    raw = raw_post(paced_stack.model_port, "/v1/chat/completions",
+                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "slow 6"}]}, MODEL_KEY)
     arrivals, seen = [], 0
     received = bytearray()
-    while chunk := raw.recv(1 << 16):
+    while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk: the connection stays open
+        chunk = raw.recv(1 << 16)
+        assert chunk, "the mock closed before its last chunk"
         received += chunk
         now = time.monotonic()
         count = received.count(b"data: ")
