@@ -85,9 +85,7 @@ def main():
             body = json.dumps(stack.model_requests()[-1], separators=(",", ":")).encode()
             stack.mock.stop()
             stack.processes.remove(stack.mock)
-            measured = stack.mock = stack._start(
-                "mock-model", callgrind + [os.path.join(args.build_dir, "mock-model"), "--port", str(port)],
-                {"MOCK_API_KEY": harness.MODEL_KEY, "MOCK_DELAY_MS": "0"})
+            measured = stack.mock = stack.start_mock(wrapper=callgrind)
             harness.wait_until(lambda: harness.port_open(port), timeout=60, what="mock model under valgrind")
         else:
             stack.responder.stop()

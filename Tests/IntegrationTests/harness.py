@@ -98,9 +98,7 @@ class Stack:
         self.processes = []
         self.build_dir = build_dir
         try:
-            self.mock = self._start(
-                "mock-model", [os.path.join(build_dir, "mock-model"), "--port", str(self.model_port)],
-                {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(mock_delay_ms)})
+            self.mock = self.start_mock(mock_delay_ms)
             wait_until(lambda: port_open(self.model_port), what="mock model")
             self.env = {
                 "DATABASE_URL": f"sqlite://{self.database}",
@@ -129,6 +127,11 @@ class Stack:
         process = Process(name, argv, full_env, self.dir, **kwargs)
         self.processes.append(process)
         return process
+
+    def start_mock(self, delay_ms=0, wrapper=()):
+        """The mock model on `model_port`, under `wrapper` (valgrind, say) when one is given."""
+        return self._start("mock-model", [*wrapper, os.path.join(self.build_dir, "mock-model"), "--port", str(self.model_port)],
+                           {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(delay_ms)})
 
     def start_responder(self, threads=16, argv=None, env=None):
         argv = argv or [self.binary, "serve", "--socket", self.socket, "--threads", str(threads)]
