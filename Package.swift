@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .executable(name: "chatkit-fcgi", targets: ["chatkit-fcgi"]),
         .executable(name: "mock-model", targets: ["mock-model"]),
+        .executable(name: "bench-client", targets: ["bench-client"]),
     ],
     targets: [
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
@@ -13,12 +14,14 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // epoll and eventfd from the C library: the event loop that drives every model transfer
-        // (and timerfd, for the mock model's pacer).
+        // (and the mock model's pacer, and the benchmark's client).
         .systemLibrary(name: "CLinux"),
         .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto", "CLinux"]),
         .executableTarget(name: "chatkit-fcgi", dependencies: ["ChatKitFCGI"]),
         // The bundled offline model: deterministic, OpenAI's streaming format, for the dev run and tests.
         .executableTarget(name: "mock-model", dependencies: ["ChatKitFCGI", "CLinux"]),
+        // The benchmark's load generator (Tests/Benchmarks/bench.py): light on the shared cores.
+        .executableTarget(name: "bench-client", dependencies: ["ChatKitFCGI", "CLinux"]),
         .testTarget(
             name: "ChatKitFCGITests",
             dependencies: ["ChatKitFCGI"],

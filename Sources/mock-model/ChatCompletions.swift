@@ -259,7 +259,7 @@ struct ChatCompletions: Sendable {
                 // elsewhere: a wake-up made late by a busy machine does not push every later
                 // record back with it.
                 allRecordsSent = Pacer.shared.send(
-                    Array(frames.dropFirst()), on: connection.fd, start: monotonicNanoseconds(),
+                    Array(frames.dropFirst()), on: connection.fd, start: Clock.monotonicNanoseconds(),
                     interval: UInt64(delayMs) * 1_000_000)
             } else {
                 allRecordsSent = frames.dropFirst().allSatisfy { connection.write($0) }

@@ -305,10 +305,10 @@ final class ClientConnection {
     /// Waits up to `milliseconds`, returning false as soon as the peer closes (poll() on
     /// POLLRDHUP notices a close during the wait itself).
     func waitUnlessClosed(milliseconds: Int) -> Bool {
-        let deadline = monotonicNanoseconds() + UInt64(max(milliseconds, 0)) * 1_000_000
+        let deadline = Clock.monotonicNanoseconds() + UInt64(max(milliseconds, 0)) * 1_000_000
         var events = Int16(POLLIN) | pollReadHangup
         while true {
-            let now = monotonicNanoseconds()
+            let now = Clock.monotonicNanoseconds()
             if now >= deadline { return true }
             let remainingMilliseconds = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
             var entry = pollfd(fd: fd, events: events, revents: 0)
@@ -489,9 +489,3 @@ final class ClientConnection {
 /// POLLRDHUP (peer shut down its write side) is a GNU extension Glibc's
 /// Swift module does not export; the value is fixed in the Linux ABI.
 private let pollReadHangup: Int16 = 0x2000
-
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}

@@ -97,11 +97,11 @@ final class Pacer: @unchecked Sendable {
                     if events[index] & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
                         end(tags[index], stream, completed: false)
                     } else {
-                        service(tags[index], stream, now: monotonicNanoseconds())
+                        service(tags[index], stream, now: Clock.monotonicNanoseconds())
                     }
                 }
             }
-            let now = monotonicNanoseconds()
+            let now = Clock.monotonicNanoseconds()
             while let first = timers.first, first.due <= now {
                 popTimer()
                 if let stream = streams[first.tag] {
@@ -115,7 +115,7 @@ final class Pacer: @unchecked Sendable {
     /// How long the loop may wait for the earliest due time: -1 (no limit) when nothing is due.
     private func nanosecondsToFirstDue() -> Int64 {
         guard let due = timers.first?.due else { return -1 }
-        let now = monotonicNanoseconds()
+        let now = Clock.monotonicNanoseconds()
         return due > now ? Int64(due - now) : 0
     }
 
@@ -127,7 +127,7 @@ final class Pacer: @unchecked Sendable {
                 continue
             }
             streams[lastTag] = stream
-            service(lastTag, stream, now: monotonicNanoseconds())
+            service(lastTag, stream, now: Clock.monotonicNanoseconds())
         }
     }
 

@@ -22,18 +22,18 @@ one record every MOCK_DELAY_MS, default 10 ms, on a fixed schedule from the firs
 does not slow the model down), so both paths wait for exactly the same model.
 At each concurrency level (default 1, 32, 256) each path gets a warm-up, then every stream slot
 runs the same number of requests back to back, each on a fresh connection (HTTP/1.1,
-`Connection: close`, chunked decoding), from one asyncio process using raw Protocols, on
-uvloop's event loop when it is installed, so the client's cost is small and identical on both
-paths (asyncio's own loop costs it a third more CPU per request, CPU that the nginx path's
-processes need at 256 streams: the client shares the two cores with them). The slots start
-spread over one request's duration: every request takes the same time, so slots started
-together would stay in step and send their requests in bursts of `concurrency` for the whole
-level (--burst measures that).
+`Connection: close`, chunked decoding), from bench-client, the package's load generator: one
+thread on epoll, so the client's cost is small and identical on both paths (it shares the two
+cores with the nginx path's processes; the Python client it replaced needed half as much CPU
+again). The slots start spread over one request's duration: every request takes the same time,
+so slots started together would stay in step and send their requests in bursts of
+`concurrency` for the whole level (--burst measures that).
 
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
-choices[0].delta.content is non-empty; total = until the end of the stream; an error is a
-non-200 status, a stream without the final `data: [DONE]`, a different number of records than
-the probe showed, an in-band error record, a timeout or any exception.
+choices[0].delta.content is non-empty (ChatKit: the first text delta); total = until the last
+bytes of the stream; an error is a non-200 status, a stream without its last chunk or its final
+record (`data: [DONE]`), a different number of records than the probe showed (one request
+through http.client first), an in-band error record, a timeout or a failed connection.
 
 Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
 percentile), throughput (completed streams/s, summed over the slots' own rates) of both and
@@ -50,10 +50,12 @@ Run from the repository root (needs nginx on PATH):
 
     swift build -c release && python3 Tests/Benchmarks/bench.py [--path chatkit]
 
+--build-dir holds chatkit-fcgi, mock-model and bench-client.
+
     options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
              slot, overrides --duration), --min-samples 100, --warmup 2 (s), --burst, --no-prewarm,
-             --env NAME=VALUE (for chatkit-fcgi), --loop auto|uvloop|asyncio, --json PATH
+             --env NAME=VALUE (for chatkit-fcgi), --json PATH
 
 Exit status: 0 when every request succeeded, 1 when any request failed (warm-ups included),
 2 when the harness itself failed (build missing, a process did not start or died, the first
@@ -61,13 +63,14 @@ probe request failed, ...). Missed targets do not fail it.
 """
 
 import argparse
-import asyncio
+import http.client
 import json
 import math
 import os
 import platform
 import resource
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -86,229 +89,65 @@ REQUEST_TIMEOUT = 60.0
 # --------------------------------------------------------------------------- client
 
 
-class StreamProtocol(asyncio.Protocol):
-    """One request on one fresh connection; HTTP/1.1 response with chunked or raw body."""
-
-    __slots__ = ("request", "done", "transport", "t_sent", "t_first", "t_last", "head_done", "status",
-                 "chunked", "buf", "body", "scan", "chunk_left", "need_crlf", "finished", "error")
-
-    def __init__(self, request, done):
-        self.request = request
-        self.done = done
-        self.transport = None
-        self.t_sent = 0.0
-        self.t_first = None
-        self.t_last = None
-        self.head_done = False
-        self.status = 0
-        self.chunked = False
-        self.buf = bytearray()
-        self.body = bytearray()
-        self.scan = 0
-        self.chunk_left = 0
-        self.need_crlf = False
-        self.finished = False
-        self.error = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.t_sent = perf_counter()
-        transport.write(self.request)
-
-    def data_received(self, data):
-        now = perf_counter()
-        self.t_last = now
-        if not self.head_done:
-            self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > 65536:
-                    self._fail("response head too large")
-                return
-            head = bytes(self.buf[:end]).lower()
-            data = bytes(self.buf[end + 4:])
-            self.buf = bytearray()
-            self.head_done = True
-            try:
-                self.status = int(head.split(b" ", 2)[1])
-            except (IndexError, ValueError):
-                self._fail("bad status line")
-                return
-            self.chunked = b"\r\ntransfer-encoding: chunked" in head
-            if not data:
-                return
-        if self.chunked:
-            self._dechunk(data)
-        else:
-            self.body += data
-        if self.t_first is None and self.status == 200:
-            self._find_first_content(now)
-
-    def _dechunk(self, data):
-        buf = self.buf
-        buf += data
-        pos = 0
-        n = len(buf)
-        while not self.finished:
-            if self.chunk_left:
-                take = min(self.chunk_left, n - pos)
-                self.body += buf[pos:pos + take]
-                pos += take
-                self.chunk_left -= take
-                if self.chunk_left:
-                    break
-                self.need_crlf = True
-            if self.need_crlf:
-                if n - pos < 2:
-                    break
-                pos += 2
-                self.need_crlf = False
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            try:
-                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-            except ValueError:
-                self._fail("bad chunk size")
-                return
-            pos = eol + 2
-            if size == 0:
-                self.finished = True
-                break
-            self.chunk_left = size
-        del buf[:pos]
-
-    def _find_first_content(self, now):
-        body = self.body
-        while True:
-            end = body.find(b"\n\n", self.scan)
-            if end < 0:
-                return
-            record = bytes(body[self.scan:end])
-            self.scan = end + 2
-            if not record.startswith(b"data: ") or record == b"data: [DONE]":
-                continue
-            try:
-                obj = json.loads(record[6:])
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            choices = obj.get("choices")
-            if choices and isinstance(choices[0], dict) and (choices[0].get("delta") or {}).get("content"):
-                self.t_first = now
-                return
-            # The ChatKit protocol's equivalent: the first text delta of the assistant message.
-            update = obj.get("update") if obj.get("type") == "thread.item.updated" else None
-            if isinstance(update, dict) and update.get("type") == "assistant_message.content_part.text_delta" \
-                    and update.get("delta"):
-                self.t_first = now
-                return
-
-    def _fail(self, why):
-        if self.error is None:
-            self.error = why
-        if self.transport is not None:
-            self.transport.abort()
-
-    def eof_received(self):
-        return False
-
-    def connection_lost(self, exc):
-        if exc is not None and self.error is None:
-            self.error = f"connection lost: {exc!r}"
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 class Target:
-    """Where one path sends its request: host, port and the exact request bytes."""
+    """Where one path sends its request: the port and the exact request, and what its stream ends with."""
 
     def __init__(self, name, port, path, headers, body, expected_records=None, last_record=b"data: [DONE]\n\n"):
         self.name = name
         self.port = port
+        self.path = path
+        self.headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream")] + headers
+        self.body = body
         self.last_record = last_record
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                f"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {len(body)}\r\n")
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         self.request = head.encode() + b"\r\n" + body
         self.expected_records = expected_records
 
 
-async def one_request(loop, target):
-    """Returns (ttft_s, total_s, connect_s, error or None, body)."""
-    done = loop.create_future()
-    t_start = perf_counter()
-    transport = None
-    protocol = None
+def probe(target):
+    """One request through http.client (not the load client, which needs the record count this
+    learns); returns its body, or raises with the reason."""
+    connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=REQUEST_TIMEOUT)
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            transport, protocol = await loop.create_connection(
-                lambda: StreamProtocol(target.request, done), "127.0.0.1", target.port)
-            await done
-    except TimeoutError:
-        if transport is not None:
-            transport.abort()
-        return None, None, None, "timeout", b""
-    except OSError as error:
-        return None, None, None, f"connect: {error!r}", b""
-    except Exception as error:  # noqa: BLE001 - any client-side failure is this request's error
-        if transport is not None:
-            transport.abort()
-        return None, None, None, f"exception: {error!r}", b""
-    p = protocol
-    connect = p.t_sent - t_start
-    body = bytes(p.body)
-    if p.error is not None and not p.finished:
-        return None, None, connect, p.error, body
-    if p.status != 200:
-        return None, None, connect, f"HTTP {p.status}", body
-    if p.chunked and not p.finished:
-        return None, None, connect, "stream ended without the last chunk", body
-    if not body.endswith(target.last_record):
-        return None, None, connect, "stream did not end with its last record", body
-    if b'"type":"error"' in body or b'data: {"error"' in body:
-        return None, None, connect, "error record in stream", body
-    if target.expected_records is not None and body.count(b"data: ") != target.expected_records:
-        return None, None, connect, f"{body.count(b'data: ')} records, expected {target.expected_records}", body
-    if p.t_first is None:
-        return None, None, connect, "no content chunk", body
-    return p.t_first - p.t_sent, p.t_last - p.t_sent, connect, None, body
+        connection.request("POST", target.path, body=target.body, headers=dict(target.headers))
+        reply = connection.getresponse()
+        body = reply.read()
+    finally:
+        connection.close()
+    if reply.status != 200 or not body.endswith(target.last_record) or b'"type":"error"' in body:
+        raise RuntimeError(f"probe through {target.name} failed: HTTP {reply.status}: {body[:300]!r}")
+    return body
 
 
-async def run_phase(target, concurrency, per_slot=None, until=None, stagger_s=0.0):
-    """`concurrency` slots, each running requests back to back: `per_slot` of them, or until the
-    monotonic deadline `until` (warm-up). Slot i starts i/concurrency of `stagger_s` late, so the
+def run_phase(client, target, concurrency, per_slot=None, seconds=None, stagger_s=0.0):
+    """`concurrency` slots in the load client, each running requests back to back: `per_slot` of
+    them, or for `seconds` (warm-up). Slot i starts i/concurrency of `stagger_s` late, so the
     slots' requests are spread over time rather than sent in bursts (see --burst).
 
     Throughput is the sum of each slot's own rate (its completed requests over its own running
     time): a late start does not count as slowness."""
-    loop = asyncio.get_running_loop()
-    ttft, total, connect, errors, slot_rates = [], [], [], {}, []
-    hard_cap = per_slot if per_slot is not None else 100_000  # a bound for the warm-up loop too
-
-    async def slot(index):
-        if stagger_s:
-            await asyncio.sleep(stagger_s * index / concurrency)
-        started = perf_counter()
-        completed = 0
-        for _ in range(hard_cap):
-            if until is not None and time.monotonic() >= until:
-                break
-            first, whole, conn, error, _ = await one_request(loop, target)
-            if error is None:
-                completed += 1
-                ttft.append(first)
-                total.append(whole)
-                connect.append(conn)
-            else:
-                errors[error] = errors.get(error, 0) + 1
-        elapsed = perf_counter() - started
-        slot_rates.append(completed / elapsed if elapsed > 0 else 0.0)
-
+    settings = {"port": target.port, "request": target.request.decode(), "concurrency": concurrency,
+                "requests_per_slot": per_slot or 100_000, "seconds": seconds, "stagger_s": stagger_s,
+                "expected_records": target.expected_records, "last_record": target.last_record.decode(),
+                "timeout_s": REQUEST_TIMEOUT}
     started = perf_counter()
-    await asyncio.gather(*(slot(index) for index in range(concurrency)))
+    run = subprocess.run([client], input=json.dumps(settings).encode(), capture_output=True, check=False)
     wall = perf_counter() - started
+    if run.returncode != 0:
+        raise RuntimeError(f"bench-client exited with {run.returncode}: {run.stderr.decode()[-500:]}")
+    ttft, total, connect, errors, slot_rates = [], [], [], {}, []
+    for line in run.stdout.decode().splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "ok":
+            first, whole, conn = (int(value) / 1e9 for value in rest.split())
+            ttft.append(first)
+            total.append(whole)
+            connect.append(conn)
+        elif kind == "error":
+            errors[rest] = errors.get(rest, 0) + 1
+        elif kind == "slot":
+            slot_rates.append(float(rest))
     return {"ttft": ttft, "total": total, "connect": connect, "errors": errors, "wall": wall,
             "throughput": sum(slot_rates)}
 
@@ -391,7 +230,7 @@ class CPUSnapshot:
     def __init__(self, pids):
         self.pids = pids
         self.values = {name: sum(cpu_seconds(pid) for pid in group) for name, group in pids.items()}
-        self.values["client"] = sum(os.times()[:2])
+        self.values["client"] = sum(os.times()[:4])  # ours and the load clients', once reaped
         self.machine = machine_busy()
 
     def since(self, earlier):
@@ -449,7 +288,7 @@ def markdown(results, args):
     lines = []
     lines.append(f"Path /api/{args.path}. Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
                  f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
-                 f"fresh connection per request, client on {args.loop}, "
+                 f"fresh connection per request, native client (bench-client), "
                  f"{'slots started together (--burst)' if args.burst else 'slot starts spread over one request'}, "
                  f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
     lines.append("")
@@ -516,7 +355,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build-dir", default=os.path.join(REPO, ".build", "release"),
-                        help="directory with chatkit-fcgi and mock-model (default: <repo>/.build/release)")
+                        help="directory with chatkit-fcgi, mock-model and bench-client (default: <repo>/.build/release)")
     parser.add_argument("--threads", type=int, default=300, help="responder worker threads (default 300)")
     parser.add_argument("--delay-ms", type=int, default=10, help="MOCK_DELAY_MS, pause between chunks (default 10)")
     parser.add_argument("--words", type=int, default=20, help="words (content chunks) in the answer (default 20, >= 3)")
@@ -538,18 +377,8 @@ def parse_args():
     parser.add_argument("--path", choices=["chat", "chatkit"], default="chat",
                         help="the face to measure: /api/chat records, or /api/chatkit threads.create where TTFT "
                              "is the first text_delta (default chat)")
-    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                        help="the client's event loop; auto: uvloop when installed (default auto)")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
-    if args.loop != "asyncio":
-        try:
-            import uvloop  # noqa: F401  (only whether it is installed)
-            args.loop = "uvloop"
-        except ImportError:
-            if args.loop == "uvloop":
-                parser.error("--loop uvloop: uvloop is not installed (pip install uvloop)")
-            args.loop = "asyncio"
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if args.words < 3 or not args.levels or min(args.levels) < 1 or args.delay_ms < 0:
         parser.error("--words must be >= 3, --concurrency positive integers, --delay-ms >= 0")
@@ -574,16 +403,8 @@ def mock_call(stack, method, path):
     return json.loads(body) if body else None
 
 
-async def probe(target):
-    """One request; returns its body, or raises with the reason."""
-    loop = asyncio.get_running_loop()
-    _, _, _, error, body = await one_request(loop, target)
-    if error is not None:
-        raise RuntimeError(f"probe through {target.name} failed: {error}: {body[:300]!r}")
-    return body
-
-
-async def benchmark(stack, args):
+def benchmark(stack, args):
+    client = os.path.join(args.build_dir, "bench-client")
     prompt = " ".join(f"t{i}" for i in range(1, args.words - 1))  # "You said: " + words-2 more words
     token = harness.hs256_token("bench", ttl=24 * 3600)
     if args.path == "chatkit":
@@ -597,13 +418,13 @@ async def benchmark(stack, args):
         nginx = Target("nginx", stack.http_port, "/api/chat", [("Authorization", f"Bearer {token}")], body)
 
     # Probe through nginx, then take the exact body the responder sent the model for the direct path.
-    nginx_body = await probe(nginx)
+    nginx_body = probe(nginx)
     sent = mock_call(stack, "GET", "/_mock/requests")[-1]
     mock_call(stack, "DELETE", "/_mock/requests")  # the mock keeps every body; keep its memory flat
     direct = Target("direct", stack.model_port, "/v1/chat/completions",
                     [("Authorization", f"Bearer {harness.MODEL_KEY}")],
                     json.dumps(sent, separators=(",", ":")).encode())
-    direct_body = await probe(direct)
+    direct_body = probe(direct)
     text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
                    for line in direct_body.decode().split("\n\n")
                    if line.startswith("data: {") and json.loads(line[6:])["choices"])
@@ -625,7 +446,7 @@ async def benchmark(stack, args):
         # thread opens its SQLite connection and its keep-alive model connection on first use.
         # Without this, the first ~threads requests (all of a 1-stream level) pay for that.
         width = min(64, args.threads)
-        phase = await run_phase(nginx, width, per_slot=math.ceil(2 * args.threads / width))
+        phase = run_phase(client, nginx, width, per_slot=math.ceil(2 * args.threads / width))
         prewarm = {"requests": len(phase["ttft"]) + sum(phase["errors"].values()), "concurrency": width,
                    "errors": sum(phase["errors"].values())}
         print(f"prewarm: {prewarm['requests']} requests through nginx at {width} streams, "
@@ -638,7 +459,7 @@ async def benchmark(stack, args):
         # Warm-up, both paths (fills the responder's per-thread SQLite and curl handles too).
         warm = {}
         for target in (direct, nginx):
-            warm[target.name] = await run_phase(target, concurrency, until=time.monotonic() + args.warmup)
+            warm[target.name] = run_phase(client, target, concurrency, seconds=args.warmup)
         mean_total = (sum(warm["direct"]["total"]) / len(warm["direct"]["total"])
                       if warm["direct"]["total"] else (args.words + 3) * args.delay_ms / 1000)
         if args.requests:
@@ -659,7 +480,7 @@ async def benchmark(stack, args):
             mock_call(stack, "DELETE", "/_mock/requests")
             before = CPUSnapshot(pids)
             events_before = kernel_events(responder_pid)
-            phase = await run_phase(target, concurrency, per_slot=per_slot,
+            phase = run_phase(client, target, concurrency, per_slot=per_slot,
                                     stagger_s=0.0 if args.burst else mean_total)
             used = CPUSnapshot(pids).since(before)
             events_after = kernel_events(responder_pid)
@@ -705,7 +526,7 @@ def main():
     raise_fd_limit()
     # SIGTERM ends the run like Ctrl-C does, so the stack is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    for binary in ("chatkit-fcgi", "mock-model"):
+    for binary in ("chatkit-fcgi", "mock-model", "bench-client"):
         if not os.access(os.path.join(args.build_dir, binary), os.X_OK):
             print(f"bench: {binary} not found in {args.build_dir}; run `swift build -c release` first",
                   file=sys.stderr)
@@ -720,11 +541,7 @@ def main():
           f"responder pid {stack.responder.popen.pid}", flush=True)
     started = time.time()
     try:
-        if args.loop == "uvloop":
-            import uvloop
-            results = uvloop.run(benchmark(stack, args))
-        else:
-            results = asyncio.run(benchmark(stack, args))
+        results = benchmark(stack, args)
         alive = {p.name: p.alive() for p in stack.processes}
         if not all(alive.values()):
             raise RuntimeError(f"a process died during the run: {alive}")

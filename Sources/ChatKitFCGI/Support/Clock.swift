@@ -15,6 +15,14 @@ public enum Clock {
         return Double(now.tv_sec) * 1000 + Double(now.tv_nsec) / 1e6
     }
 
+    /// Monotonic nanoseconds, for schedules finer than a millisecond (the mock model's pacer,
+    /// the benchmark's client).
+    public static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
     /// ISO 8601 in UTC with milliseconds, the shape JavaScript's Date.toISOString produces.
     /// Every ChatKit item carries one: the digits go straight into a fixed buffer.
     public static func iso8601(unixMilliseconds: Int64) -> String {
