@@ -50,9 +50,8 @@ Run from the repository root (needs nginx on PATH):
 
     swift build -c release && python3 Tests/Benchmarks/bench.py [--path chatkit]
 
---build-dir holds chatkit-fcgi, mock-model and bench-client.
-
-    options: --build-dir DIR (default .build/release), --threads 300, --delay-ms 10, --words 20,
+    options: --build-dir DIR (with chatkit-fcgi, mock-model and bench-client; default
+             .build/release), --threads 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
              slot, overrides --duration), --min-samples 100, --warmup 2 (s), --burst, --no-prewarm,
              --env NAME=VALUE (for chatkit-fcgi), --json PATH
