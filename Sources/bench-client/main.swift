@@ -24,13 +24,14 @@ func readSettings() -> LoadSettings? {
         let requestsPerSlot = json["requests_per_slot"]?.intValue, requestsPerSlot > 0,
         let expectedRecords = json["expected_records"]?.intValue,
         let lastRecord = json["last_record"]?.stringValue,
-        let timeout = json["timeout_s"]?.doubleValue
+        let timeout = json["timeout_s"]?.doubleValue, timeout > 0
     else { return nil }
+    let seconds = json["seconds"]?.doubleValue, stagger = json["stagger_s"]?.doubleValue ?? 0
+    guard seconds.map({ $0 >= 0 }) != false, stagger >= 0 else { return nil }
     let now = Clock.monotonicNanoseconds()
     return LoadSettings(
         port: port, request: Array(request.utf8), concurrency: concurrency, requestsPerSlot: requestsPerSlot,
-        deadline: json["seconds"]?.doubleValue.map { now + UInt64($0 * 1e9) },
-        staggerNanoseconds: UInt64((json["stagger_s"]?.doubleValue ?? 0) * 1e9),
+        deadline: seconds.map { now + UInt64($0 * 1e9) }, staggerNanoseconds: UInt64(stagger * 1e9),
         expectedRecords: expectedRecords, lastRecord: Array(lastRecord.utf8), timeoutNanoseconds: UInt64(timeout * 1e9))
 }
 
@@ -46,8 +47,9 @@ func writeAll(_ text: String, to fd: Int32) {
 
 guard let settings = readSettings() else {
     writeAll("""
-        bench-client: expected a JSON object on standard input with port, request, concurrency,
-        requests_per_slot, expected_records, last_record and timeout_s (optional: seconds, stagger_s)
+        bench-client: expected a JSON object on standard input with port, request, concurrency and
+        requests_per_slot (positive), expected_records, last_record and timeout_s (positive);
+        optional: seconds and stagger_s (not negative)
 
         """, to: 2)
     exit(2)
