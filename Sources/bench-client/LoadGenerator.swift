@@ -82,7 +82,7 @@ final class LoadGenerator {
         var events = [UInt32](repeating: 0, count: 256)
         var unstarted = slots[...]
         var nextTimeoutSweep = start + 1_000_000_000
-        while !unstarted.isEmpty || !restarting.isEmpty || open > 0 {
+        while true {
             let now = Clock.monotonicNanoseconds()
             let ended = restarting
             restarting.removeAll(keepingCapacity: true)
@@ -99,6 +99,9 @@ final class LoadGenerator {
                     end(slot, .failed("timeout"), now: now)
                 }
             }
+            // Done once every slot has finished: checked before waiting, so that the end of the
+            // last request does not wait out a sweep interval.
+            if unstarted.isEmpty && restarting.isEmpty && open == 0 { break }
             let wakeAt = restarting.isEmpty ? min(unstarted.first?.startAt ?? nextTimeoutSweep, nextTimeoutSweep) : now
             let ready = clinux_epoll_wait_ns(epoll, &tags, &events, 256, Int64(wakeAt > now ? wakeAt - now : 0))
             let readyAt = Clock.monotonicNanoseconds()

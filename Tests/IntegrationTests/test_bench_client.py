@@ -81,5 +81,6 @@ def test_a_timed_phase_stops_at_its_deadline(stack):
     target = probed(chat(stack))
     started = time.monotonic()
     phase = bench.run_phase(CLIENT, target, concurrency=2, seconds=0.3)
-    assert 0.3 <= time.monotonic() - started < 5
+    # The deadline, then the requests running at it (about 30 ms each), and no idle wait after.
+    assert 0.3 <= time.monotonic() - started < 0.8
     assert phase["errors"] == {} and len(phase["ttft"]) >= 2
