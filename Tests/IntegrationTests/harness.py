@@ -22,10 +22,21 @@ SECRET = "integration-test-secret-0123456789abcdef"
 MODEL_KEY = "mock-api-key-for-tests"
 
 
+def free_ports(count):
+    """`count` distinct free ports: each probe stays bound until all are picked, because the
+    kernel may hand a port just released to the very next bind."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_until(predicate, timeout=10.0, what="condition"):
@@ -93,13 +104,13 @@ class Stack:
         os.chmod(self.dir, 0o711)
         self.socket = os.path.join(self.dir, "app.sock")
         self.database = os.path.join(self.dir, "chat.db")
-        self.model_port = free_port()
-        self.http_port = free_port() if with_nginx else None
+        self.model_port, self.http_port = free_ports(2) if with_nginx else (free_port(), None)
         self.processes = []
         self.build_dir = build_dir
         try:
             self.mock = self.start_mock(mock_delay_ms)
-            wait_until(lambda: port_open(self.model_port), what="mock model")
+            wait_until(lambda: port_open(self.model_port) or not self.mock.alive(), what="mock model")
+            assert self.mock.alive(), self.mock.output()
             self.env = {
                 "DATABASE_URL": f"sqlite://{self.database}",
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{self.model_port}/v1",
@@ -117,7 +128,8 @@ class Stack:
                 prefix = os.path.join(self.dir, "nginx")
                 self.nginx = self._start("nginx", ["nginx", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
                                                    "-e", "stderr"], {})
-                wait_until(lambda: port_open(self.http_port), what="nginx")
+                wait_until(lambda: port_open(self.http_port) or not self.nginx.alive(), what="nginx")
+                assert self.nginx.alive(), self.nginx.output()
         except BaseException:
             self.stop()
             raise
