@@ -30,8 +30,9 @@ so slots started together would stay in step and send their requests in bursts o
 `concurrency` for the whole level (--burst measures that).
 
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
-choices[0].delta.content is non-empty (ChatKit: the first text delta); total = until the last
-bytes of the stream; an error is a non-200 status, a stream without its last chunk or its final
+choices[0].delta.content is non-empty (ChatKit: the first text delta); total = until the server
+closed the stream (after the first content the client waits for the close alone and then reads
+the rest at once: two wake-ups per stream, not one per record); an error is a non-200 status, a stream without its last chunk or its final
 record (`data: [DONE]`), a different number of records than the probe showed (one request
 through http.client first), an in-band error record, a timeout or a failed connection.
 
