@@ -78,3 +78,51 @@ def test_records_leave_when_they_fall_due_never_before_and_not_much_after(paced_
     lateness = [arrival - sent - index * interval for index, arrival in enumerate(arrivals)]
     assert min(lateness) > 0, f"a record left early: {lateness}"
     assert sorted(lateness)[len(lateness) // 2] < 0.010, f"records left late: {lateness}"
+
+
+def exchange(port, head, body=b""):
+    """One request with exactly these head lines; the status line and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        raw.settimeout(10)
+        received = bytearray()
+        while chunk := raw.recv(1 << 16):
+            received += chunk
+    status, _, rest = bytes(received).partition(b"\r\n")
+    return status, rest.partition(b"\r\n\r\n")[2]
+
+
+def test_header_names_are_read_in_any_case_and_values_without_their_spaces(paced_stack):
+    body = json.dumps({"model": "mock", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, reply = exchange(paced_stack.model_port, [
+        "POST /v1/chat/completions HTTP/1.1", "host: localhost", f"AUTHORIZATION: \t Bearer {MODEL_KEY} \t",
+        "content-TYPE:application/json", "Connection:  close", f"content-length: {len(body)}"], body)
+    assert status.startswith(b"HTTP/1.1 200"), reply
+    assert json.loads(reply)["choices"][0]["message"]["content"] == "You said: hi"
+
+
+@pytest.mark.parametrize("head", [
+    ["POST /v1/chat/completions HTTP/1.1", "Host localhost"],  # a header line without a colon
+    ["POST /v1/chat/completions SPDY/3", "Host: localhost"],
+    ["POST  HTTP/1.1", "Host: localhost"],  # no target
+])
+def test_a_malformed_request_head_gets_a_400(paced_stack, head):
+    status, reply = exchange(paced_stack.model_port, head)
+    assert status.startswith(b"HTTP/1.1 400"), reply
+    assert json.loads(reply)["error"]["type"] == "invalid_request_error"
+
+
+def test_an_echoed_answer_streams_a_piece_per_space_and_keeps_the_text_exactly(paced_stack):
+    raw = raw_post(paced_stack.model_port, "/v1/chat/completions",
+                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "a  b é 😀x"}]},
+                   MODEL_KEY)
+    received = bytearray()
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        chunk = raw.recv(1 << 16)
+        assert chunk, "the mock closed before its last chunk"
+        received += chunk
+    raw.close()
+    records = dechunk(bytes(received).partition(b"\r\n\r\n")[2]).decode().split("\n\n")
+    pieces = [json.loads(record[6:])["choices"][0]["delta"].get("content") for record in records
+              if record.startswith("data: {") and json.loads(record[6:])["choices"]]
+    assert [piece for piece in pieces if piece] == ["You ", "said: ", "a ", " ", "b ", "é ", "😀x"]
