@@ -32,9 +32,10 @@ so slots started together would stay in step and send their requests in bursts o
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
 choices[0].delta.content is non-empty (ChatKit: the first text delta); total = until the server
 closed the stream (after the first content the client waits for the close alone and then reads
-the rest at once: two wake-ups per stream, not one per record); an error is a non-200 status, a stream without its last chunk or its final
-record (`data: [DONE]`), a different number of records than the probe showed (one request
-through http.client first), an in-band error record, a timeout or a failed connection.
+the rest at once: two wake-ups per stream, not one per record); an error is a non-200 status, a
+stream without its last chunk or its final record (`data: [DONE]`), a different number of
+records than the probe showed (one request through http.client first), an in-band error record,
+a timeout or a failed connection.
 
 Per level: direct and nginx TTFT p50/p99, the ADDED latency (nginx minus direct, per
 percentile), throughput (completed streams/s, summed over the slots' own rates) of both and
