@@ -88,9 +88,9 @@ struct ChatCompletions: Sendable {
         let completionTokens: Int
         switch plan.answer {
         case .text(let pieces):
-            message = ["role": "assistant", "content": .string(pieces.joined()), "refusal": .null]
+            message = ["role": "assistant", "content": .string((plan.preamble + pieces).joined()), "refusal": .null]
             finishReason = "stop"
-            completionTokens = pieces.count
+            completionTokens = plan.preamble.count + pieces.count
         case .toolCalls(let calls):
             let toolCalls: [JSON] = calls.enumerated().map { i, call in
                 [
@@ -99,9 +99,10 @@ struct ChatCompletions: Sendable {
                     "function": ["name": .string(call.name), "arguments": .string(call.arguments)],
                 ]
             }
-            message = ["role": "assistant", "content": .null, "tool_calls": .array(toolCalls), "refusal": .null]
+            message = ["role": "assistant", "content": plan.preamble.isEmpty ? .null : .string(plan.preamble.joined()),
+                       "tool_calls": .array(toolCalls), "refusal": .null]
             finishReason = "tool_calls"
-            completionTokens = calls.reduce(0) { $0 + Script.argumentFragments($1.arguments).count }
+            completionTokens = plan.preamble.count + calls.reduce(0) { $0 + Script.argumentFragments($1.arguments).count }
         }
         let choice: JSON = ["index": 0, "message": message, "logprobs": .null, "finish_reason": .string(finishReason)]
         let completion: JSON = [
@@ -175,14 +176,17 @@ struct ChatCompletions: Sendable {
         }
 
         chunk(delta: ["role": "assistant", "content": ""])
+        for piece in plan.preamble {
+            chunk(delta: ["content": .string(piece)])
+        }
         let finishReason: String
-        var completionTokens = 0
+        var completionTokens = plan.preamble.count
         switch plan.answer {
         case .text(let pieces):
             for piece in pieces {
                 chunk(delta: ["content": .string(piece)])
             }
-            completionTokens = pieces.count
+            completionTokens += pieces.count
             finishReason = "stop"
         case .toolCalls(let calls):
             for (i, call) in calls.enumerated() {

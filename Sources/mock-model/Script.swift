@@ -42,6 +42,8 @@ enum StreamEnding: Sendable {
 
 struct MockPlan: Sendable {
     var answer: MockAnswer
+    /// Content pieces streamed before the answer (the `say ... then` command).
+    var preamble: [String] = []
     var ending: StreamEnding = .normal
     /// Overrides MOCK_DELAY_MS (the `slow` command).
     var fixedDelayMs: Int?
@@ -79,6 +81,16 @@ enum Script {
 
     private static func planForUserCommand(_ c: String, messageCount: Int) -> MockPlan {
         let lc = c.lowercased()
+
+        // "say TEXT then COMMAND": text first, as models often write before calling tools.
+        if lc.hasPrefix("say ") {
+            let parts = split(String(c.dropFirst(4)), onIgnoringCase: " then ", maxSplits: 1)
+            if parts.count == 2 {
+                var plan = planForUserCommand(parts[1].trimmingWhitespace(), messageCount: messageCount)
+                plan.preamble = words(parts[0] + " ")
+                return plan
+            }
+        }
 
         if lc.hasPrefix("add ") {
             let titles = split(String(c.dropFirst(4)), onIgnoringCase: " and ")

@@ -4,6 +4,7 @@ import json
 import socket
 import time
 
+import httpx
 import pytest
 
 from harness import MODEL_KEY, Stack, dechunk, raw_post
@@ -126,3 +127,29 @@ def test_an_echoed_answer_streams_a_piece_per_space_and_keeps_the_text_exactly(p
     pieces = [json.loads(record[6:])["choices"][0]["delta"].get("content") for record in records
               if record.startswith("data: {") and json.loads(record[6:])["choices"]]
     assert [piece for piece in pieces if piece] == ["You ", "said: ", "a ", " ", "b ", "é ", "😀x"]
+
+
+def test_say_then_streams_text_before_the_tool_calls(paced_stack):
+    """What models often do, and what the ChatKit face must finish before the tools run."""
+    raw = raw_post(paced_stack.model_port, "/v1/chat/completions",
+                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "say Adding milk then add milk"}]},
+                   MODEL_KEY)
+    received = bytearray()
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        chunk = raw.recv(1 << 16)
+        assert chunk, "the mock closed before its last chunk"
+        received += chunk
+    raw.close()
+    records = dechunk(bytes(received).partition(b"\r\n\r\n")[2]).decode().split("\n\n")
+    deltas = [json.loads(record[6:])["choices"][0]["delta"] for record in records
+              if record.startswith("data: {") and json.loads(record[6:])["choices"]]
+    contents = [delta["content"] for delta in deltas if delta.get("content")]
+    first_call = next(index for index, delta in enumerate(deltas) if delta.get("tool_calls"))
+    assert contents == ["Adding ", "milk "] and all(not delta.get("content") for delta in deltas[first_call:])
+    assert deltas[first_call]["tool_calls"][0]["function"]["name"] == "add_task"
+
+    whole = httpx.post(f"http://127.0.0.1:{paced_stack.model_port}/v1/chat/completions",
+                       headers={"Authorization": f"Bearer {MODEL_KEY}"},
+                       json={"model": "mock", "messages": [{"role": "user", "content": "say Adding milk then add milk"}]}).json()
+    message = whole["choices"][0]["message"]
+    assert message["content"] == "Adding milk " and message["tool_calls"][0]["function"]["name"] == "add_task"
