@@ -100,7 +100,8 @@ final class RecordingObserver: AgentObserver {
                                         failure: .streamError("cut"))])
         let (summary, stored) = try run(model)
         #expect(summary.end == .failed(.streamError("cut")))
-        #expect(stored == [ChatMessage(role: .assistant, content: "partial answer")])
+        #expect(stored == [ChatMessage(role: .assistant, content: "partial answer"),
+                           ChatMessage(role: .system, content: Agent.interruptedNote)])
     }
 
     @Test func aClientThatGoesAwayCancelsTheTurnAndKeepsThePartialText() throws {

@@ -125,6 +125,17 @@ import Testing
 }
 
 @Suite struct ClientToolCompletionTests {
+    @Test func aClientToolCallItemAlwaysReadsBack() throws {
+        func nested(_ levels: Int) -> String { String(repeating: #"{"a":"#, count: levels) + "1" + String(repeating: "}", count: levels) }
+        _ = try JSON.parse(nested(63))  // as deep as a model's arguments may be
+        let deep = ChatKitStream.clientToolCallBody(ToolCall(id: "c", name: "n", arguments: nested(63)), status: "pending", output: .null)
+        #expect(try JSON.parse(deep.serialized) == deep)
+        #expect(deep["arguments"] == [:] && deep["output"] == nil)
+        let shallow = ChatKitStream.clientToolCallBody(ToolCall(id: "c", name: "n", arguments: nested(62)), status: "completed", output: 1)
+        #expect(try JSON.parse(shallow.serialized) == shallow)
+        #expect(shallow["arguments"] == (try JSON.parse(nested(62))) && shallow["output"] == 1)
+    }
+
     @Test func aPendingCallIsCompletedOnceEvenIfAnsweredTwice() throws {
         let database = TemporaryDatabase()
         let store = try database.store()
@@ -152,22 +163,72 @@ import Testing
 @Suite struct ChatKitStreamTests {
     let database = TemporaryDatabase()
 
-    /// The events a streamed answer produces, each parsed back.
-    func events(forDeltas deltas: [String]) throws -> [JSON] {
-        let store = try database.store()
-        let conversation = try store.createConversation(userID: "alice", title: "")
+    /// A stream on a new thread, and its events so far, each parsed back.
+    final class Recorded {
+        let store: SQLiteStore
+        let conversation: Conversation
         let writer = SSEWriterTests.RecordingWriter()
-        let app = Application(config: Config(), verifier: JWTVerifier(hmacKey: nil, keySource: nil, issuer: nil, audience: nil),
-                              database: SQLiteDatabase(path: database.path))
-        let stream = ChatKitStream(conversation: conversation, store: store, sse: SSEWriter(writer: writer), writer: writer, app: app)
+        let stream: ChatKitStream
+
+        init(_ database: TemporaryDatabase) throws {
+            store = try database.store()
+            conversation = try store.createConversation(userID: "alice", title: "")
+            let app = Application(config: Config(), verifier: JWTVerifier(hmacKey: nil, keySource: nil, issuer: nil, audience: nil),
+                                  database: SQLiteDatabase(path: database.path))
+            stream = ChatKitStream(conversation: conversation, store: store, sse: SSEWriter(writer: writer), writer: writer, app: app)
+        }
+
+        func events() throws -> [JSON] {
+            try writer.writes.joined().split(separator: "\n\n").map { record in
+                #expect(record.hasPrefix("data: "))
+                return try JSON.parse(Array(record.dropFirst(6).utf8))
+            }
+        }
+    }
+
+    /// The events a streamed answer produces.
+    func events(forDeltas deltas: [String]) throws -> [JSON] {
+        let recorded = try Recorded(database)
         for delta in deltas {
-            _ = stream.modelChunk(payload: [], parsed: try ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(delta)]]]]))
+            _ = recorded.stream.modelChunk(payload: [], parsed: try ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(delta)]]]]))
         }
-        try stream.record([ChatMessage(role: .assistant, content: deltas.joined())])
-        return try writer.writes.joined().split(separator: "\n\n").map { record in
-            #expect(record.hasPrefix("data: "))
-            return try JSON.parse(Array(record.dropFirst(6).utf8))
-        }
+        try recorded.stream.record([ChatMessage(role: .assistant, content: deltas.joined())])
+        return try recorded.events()
+    }
+
+    /// What the UI shows: each event's type, or its update's type.
+    static func kinds(_ events: [JSON]) -> [String] {
+        events.map { event in (event["type"] == "thread.item.updated" ? event["update"]?["type"] : event["type"])?.stringValue ?? "" }
+    }
+
+    @Test func textBeforeToolCallsIsDoneBeforeTheToolsRun() throws {
+        let recorded = try Recorded(database)
+        var calling = ModelTurn()
+        calling.text = "Adding milk."
+        calling.toolCalls = [ToolCall(id: "call_1", name: "add_task", arguments: #"{"title":"milk"}"#)]
+        var answering = ModelTurn()
+        answering.text = "Done."
+        let agent = Agent(model: ScriptedModel([calling, answering]), toolbox: TaskTools.toolbox, systemPrompt: "", maxRounds: 4)
+        let summary = try agent.run(history: [.user("add milk")], context: ToolContext(userID: "alice", store: recorded.store),
+                                    observer: recorded.stream, record: recorded.stream.record)
+        #expect(summary.end == .answered)
+        let events = try recorded.events()
+        #expect(Self.kinds(events) == [
+            "thread.item.added", "assistant_message.content_part.added", "assistant_message.content_part.text_delta",
+            "assistant_message.content_part.text_delta", "assistant_message.content_part.done", "thread.item.done",
+            "progress_update", "thread.item.added", "workflow.task.updated",
+            "thread.item.done",  // the workflow, stored with the call and its result
+            "thread.item.added", "assistant_message.content_part.added", "assistant_message.content_part.text_delta",
+            "assistant_message.content_part.done", "thread.item.done",
+        ])
+        #expect(events[5]["item"]?["content"]?.arrayValue?.first?["text"] == "Adding milk.")
+        // Each item is stored as its done event shows it, and the model reads text and call as one message.
+        let stored = try #require(try recorded.store.entries(conversationID: recorded.conversation.id, limit: 10, after: nil, order: .asc))
+        let doneItems = events.filter { $0["type"] == "thread.item.done" }.compactMap { $0["item"] }
+        #expect(stored.data.compactMap { ChatKitItems.item($0, threadID: recorded.conversation.publicID) } == doneItems)
+        let history = try recorded.store.recentMessages(conversationID: recorded.conversation.id, limit: 10)
+        #expect(history.map(\.role) == [.assistant, .tool, .assistant])
+        #expect(history[0] == ChatMessage(role: .assistant, content: "Adding milk.", toolCalls: calling.toolCalls))
     }
 
     @Test func aStreamedAnswerOpensWithItsFirstDeltaAndEndsDone() throws {

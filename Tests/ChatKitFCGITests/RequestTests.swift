@@ -45,6 +45,11 @@ import Testing
         #expect(Titles.truncate(String(repeating: "👍🏽", count: 61)) == String(repeating: "👍🏽", count: 60) + "…")
         #expect(Titles.truncate("a\r\nb\u{2028}c\u{85}d é") == "a b c d é")
         #expect(Titles.truncate(String(repeating: "word\n", count: 30)) == long, "a newline is a place to cut too")
+        // One character can carry any number of combining marks; the title stays small all the same.
+        let heavy = Titles.truncate("a" + String(repeating: "\u{301}", count: 100_000) + " rest")
+        #expect(heavy.unicodeScalars.count == 4 * 60 + 1 && heavy.hasSuffix("…"))
+        let kept = Titles.prefix(Substring("é" + String(repeating: "\u{301}", count: 10)), characters: 2)
+        #expect(kept.0 == "é" + String(repeating: "\u{301}", count: 7) && kept.cut, "é and seven of its ten marks")
     }
 }
 

@@ -51,6 +51,25 @@ import Testing
         #expect(try store.conversation(id: conversation.id, userID: "alice")?.title == "Renamed")
     }
 
+    @Test func addingToADeletedConversationFailsAsSuch() throws {
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "alice", title: "t")
+        try store.delete(conversationID: conversation.id)
+        #expect(throws: StoreError.conversationDeleted) { try store.append([.user("late")], to: conversation.id) }
+        #expect(throws: StoreError.conversationDeleted) { try store.append([], to: conversation.id, title: "late") }
+    }
+
+    @Test func anEntryKeepsTheTimeItWasShownWith() throws {
+        let store = try database.store()
+        let conversation = try store.createConversation(userID: "alice", title: "t")
+        var shown = ConversationEntry(ChatMessage(role: .assistant, content: "hi"))
+        shown.createdAt = 1_736_936_625_123
+        try store.append([shown, ConversationEntry(.user("unstamped"))], to: conversation.id)
+        let stored = try #require(try store.entries(conversationID: conversation.id, limit: 5, after: nil, order: .asc)).data
+        #expect(stored.map(\.createdAt).first == 1_736_936_625_123)
+        #expect(stored.map(\.createdAt).last! >= conversation.createdAt, "no time given: the time of the write")
+    }
+
     @Test func textIsStoredWholeEvenWithANulCharacter() throws {
         let store = try database.store()
         let conversation = try store.createConversation(userID: "alice", title: "t")

@@ -55,6 +55,8 @@ import Testing
         ("add_task", "{\"title\":5}", "'title' must be a string, not integer"),
         ("add_task", "{\"title\":\"x\",\"owner\":\"bob\"}", "unexpected argument 'owner'"),
         ("add_task", "[]", "arguments must be an object"),
+        // Code points, not Characters: this title is one Character of 601 code points.
+        ("add_task", "{\"title\":\"a\(String(repeating: "\u{301}", count: 600))\"}", "'title' must be at most 500 characters"),
         ("list_tasks", "{\"status\":\"done\"}", "'status' must be one of \"all\", \"pending\", \"completed\""),
         ("complete_task", "{\"task_id\":\"1\"}", "'task_id' must be an integer, not string"),
         ("complete_task", "{\"task_id\":1.5}", "'task_id' must be an integer, not number"),

@@ -139,9 +139,11 @@ def test_upstream_errors_after_output_are_records_and_keep_the_text(stack, clien
     assert error["type"] == "error" and error["code"] == "upstream_error" and done == "[DONE]"
     conversation_id = int(response.headers["x-conversation-id"])
     with stack.db() as db:
-        last = db.execute("SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT 1",
-                          (conversation_id,)).fetchone()
-    assert last["role"] == "assistant" and last["content"] == text_of(records)
+        answer, note = db.execute("SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT 2",
+                                  (conversation_id,)).fetchall()[::-1]
+    assert answer["role"] == "assistant" and answer["content"] == text_of(records)
+    # The model reads its cut answer back with a note that it was cut.
+    assert note["role"] == "system" and "cut off by an error" in note["content"]
 
 
 def test_a_client_disconnect_stops_the_upstream_and_keeps_the_partial_answer(stack, alice):

@@ -215,6 +215,25 @@ def test_errors_after_the_stream_starts_are_error_events(kit):
     assert events[error_at].code == "stream.error" and events[error_at].allow_retry
     # As the official server does, a title set by this turn may still follow the error.
     assert kinds(events)[error_at + 1:] in ([], ["thread.updated"])
+    # Unlike it, the partial answer the user saw is kept, and the model is told that it was cut.
+    thread_id = events[0].thread.id
+    assert alice.json("items.list", {"thread_id": thread_id}, ITEMS).data[0].content[0].text == "partial answer "
+    alice.stream("threads.add_user_message", {"thread_id": thread_id, "input": user_input("history")})
+    replayed = kit.model_requests()[-1]["messages"]
+    assert replayed[-3]["content"] == "partial answer " and "cut off by an error" in replayed[-2]["content"]
+
+
+def test_text_before_tool_calls_is_done_before_the_tools_run(kit):
+    alice = Session(kit, "kit-preamble")
+    events = alice.stream("threads.create", {"input": user_input("say Adding milk then add milk")})
+    assistant_sequence_is_complete(events)
+    first_tool = kinds(events).index("progress_update")
+    text = next(e.item for e in events if e.type == "thread.item.done" and e.item.type == "assistant_message")
+    assert text.content[0].text == "Adding milk "
+    assert kinds(events)[first_tool - 2:first_tool] == ["assistant_message.content_part.done", "thread.item.done"]
+    # The model reads its text and its call as one message, the way it wrote them.
+    call_message = kit.model_requests()[-1]["messages"][-2]
+    assert call_message["content"] == "Adding milk " and call_message["tool_calls"][0]["function"]["name"] == "add_task"
 
 
 def test_a_disconnect_keeps_the_partial_answer_and_a_hidden_note(kit):
@@ -278,6 +297,13 @@ def test_another_users_threads_look_missing(kit):
     (json.dumps({"type": "items.feedback", "params": {"thread_id": "thr_x", "item_ids": "all", "kind": "meh"}}).encode(), 404),
     (json.dumps({"type": "attachments.create", "params": {"name": "a.png", "size": 1, "mime_type": "image/png"}}).encode(), 400),
     (json.dumps({"type": "input.transcribe", "params": {"audio_base64": "", "mime_type": "audio/webm"}}).encode(), 400),
+    (json.dumps({"type": "threads.create", "params": {"input": {**user_input("x"), "quoted_text": 5}}}).encode(), 422),
+    (json.dumps({"type": "threads.create", "params": {"input": {**user_input("x"), "inference_options": "fast"}}}).encode(), 422),
+    (json.dumps({"type": "threads.create", "params": {"input": {**user_input("x"), "inference_options": {"model": 5}}}}).encode(), 422),
+    (json.dumps({"type": "threads.create",
+                 "params": {"input": {**user_input("x"), "inference_options": {"tool_choice": "auto"}}}}).encode(), 422),
+    (json.dumps({"type": "threads.create",
+                 "params": {"input": {**user_input("x"), "inference_options": {"tool_choice": {"id": 3}}}}}).encode(), 422),
 ])
 def test_bad_requests_get_a_4xx_and_store_nothing(kit, raw, status):
     session = Session(kit, "kit-bad")
@@ -286,6 +312,58 @@ def test_bad_requests_get_a_4xx_and_store_nothing(kit, raw, status):
     assert response.status_code == status, response.text
     assert response.json()["detail"]
     assert kit.row_counts() == before
+
+
+def test_inference_options_are_stored_in_the_sdks_shape(kit):
+    alice = Session(kit, "kit-options")
+    options = {"model": "gpt-x", "tool_choice": {"id": "add_task", "extra": 1}, "unknown": True}
+    thread_id = alice.stream("threads.create", {"input": {**user_input("hi"), "inference_options": options}})[0].thread.id
+    items = alice.post("items.list", {"thread_id": thread_id, "order": "asc"}).json()["data"]
+    assert items[0]["inference_options"] == {"tool_choice": {"id": "add_task"}, "model": "gpt-x"}
+    nulls = {"model": None, "tool_choice": None}
+    thread_id = alice.stream("threads.create", {"input": {**user_input("hi"), "inference_options": nulls}})[0].thread.id
+    assert alice.post("items.list", {"thread_id": thread_id}).json()["data"][-1]["inference_options"] == {}
+
+
+@pytest.mark.parametrize("content_type,status", [(None, 200), ("text/plain;charset=UTF-8", 200),
+                                                 ("Application/JSON", 200), ("application/xml", 415)])
+def test_the_body_is_read_as_json_whatever_its_label(kit, content_type, status):
+    """The official server ignores the label, and the ChatKit client's own is not documented."""
+    session = Session(kit, "kit-labels")
+    response = session.http.post("/api/chatkit", content=json.dumps({"type": "threads.list", "params": {}}),
+                                 headers={} if content_type is None else {"Content-Type": content_type})
+    assert response.request.headers.get("content-type") == content_type
+    assert response.status_code == status, response.text
+    if status == 200:
+        THREADS.validate_json(response.content)
+
+
+def test_feedback_names_at_most_a_page_of_items(kit):
+    alice = Session(kit, "kit-feedback")
+    created = alice.stream("threads.create", {"input": user_input("hello")})
+    thread_id, answer_id = created[0].thread.id, created[-2].item.id
+    response = alice.post("items.feedback", {"thread_id": thread_id, "kind": "negative",
+                                             "item_ids": [f"msg_{n}" for n in range(101)]})
+    assert response.status_code == 422 and "at most 100" in response.json()["detail"]
+    repeated = alice.post("items.feedback", {"thread_id": thread_id, "kind": "positive", "item_ids": [answer_id] * 500})
+    assert repeated.status_code == 200
+    with kit.db() as db:
+        assert db.execute("SELECT count(*) FROM feedback f JOIN messages m ON m.id = f.message_id "
+                          "WHERE m.public_id = ?", (answer_id,)).fetchone()[0] == 1
+
+
+def test_every_item_has_the_same_time_in_the_stream_and_in_the_store(kit):
+    alice = Session(kit, "kit-times")
+    events = alice.stream("threads.create", {"input": user_input("add milk")})
+    thread_id = events[0].thread.id
+    # Records 50 ms apart: an answer is stored well after it was added.
+    events += alice.stream("threads.add_user_message", {"thread_id": thread_id, "input": user_input("slow 3")})
+    streamed = {e.item.id: e.item.created_at for e in events if e.type in ("thread.item.added", "thread.item.done")}
+    added = {e.item.id: e.item.created_at for e in events if e.type == "thread.item.added"}
+    assert {e.item.type for e in events if e.type == "thread.item.done"} >= {"user_message", "workflow", "assistant_message"}
+    stored = {item.id: item.created_at for item in alice.json("items.list", {"thread_id": thread_id}, ITEMS).data}
+    assert stored == streamed
+    assert all(streamed[item_id] == time for item_id, time in added.items())
 
 
 def test_pre_stream_failures_are_4xx_not_dropped_streams(kit):

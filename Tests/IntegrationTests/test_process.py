@@ -83,9 +83,11 @@ def test_check_config_explains_what_is_wrong(bare):
     ok = subprocess.run([bare.binary, "check-config"], env=bare.env, capture_output=True, text=True)
     assert ok.returncode == 0 and "configuration OK" in ok.stdout
     bad = subprocess.run([bare.binary, "check-config"], env={**bare.env, "BETTER_AUTH_SECRET": "short",
-                                                              "CHATKIT_THREADS": "many"}, capture_output=True, text=True)
+                                                              "CHATKIT_THREADS": "many", "JWT_JWKS_COOLDOWN_SECONDS": "0"},
+                         capture_output=True, text=True)
     assert bad.returncode != 0
     assert "BETTER_AUTH_SECRET must be at least 32 bytes" in bad.stderr and "CHATKIT_THREADS=many" in bad.stderr
+    assert "JWT_JWKS_COOLDOWN_SECONDS=0 must be an integer in 1...3600" in bad.stderr
 
 
 class JWKSServer:

@@ -43,6 +43,7 @@ public final class Worker {
             switch error {
             case let known as APIError: apiError = known
             case let auth as AuthError: apiError = .unauthorized(auth)
+            case StoreError.conversationDeleted: apiError = .notFound("the conversation was deleted")
             default:
                 Log.error("\(request.method) \(request.path): \(error)")
                 apiError = .storageUnavailable

@@ -1,10 +1,13 @@
 /// What the agent reports to the face that is serving the turn (/api/chat or ChatKit).
 public protocol AgentObserver: ModelStreamObserver {
+    /// The model's reply ended in tool calls, after `text`; they run next.
+    func toolCallsArrived(after text: String) throws
     func toolStarted(call: ToolCall)
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>)
 }
 
 extension AgentObserver {
+    public func toolCallsArrived(after text: String) throws {}
     public func toolStarted(call: ToolCall) {}
 }
 
@@ -94,8 +97,13 @@ public struct Agent {
             let text = turn.text.isEmpty ? turn.refusal : turn.text
 
             if let failure = turn.failure {
-                // Keep what the user already saw; unfinished tool calls cannot be replayed.
-                if !text.isEmpty { try record([ChatMessage(role: .assistant, content: text)]) }
+                // Keep what the user already saw; unfinished tool calls cannot be replayed. A
+                // note tells the model that the answer it will read back was cut short.
+                if !text.isEmpty {
+                    var kept = [ChatMessage(role: .assistant, content: text)]
+                    if failure != .cancelled { kept.append(ChatMessage(role: .system, content: Self.interruptedNote)) }
+                    try record(kept)
+                }
                 summary.end = .failed(failure)
                 return summary
             }
@@ -103,6 +111,7 @@ public struct Agent {
                 try record([ChatMessage(role: .assistant, content: text)])
                 return summary
             }
+            try observer.toolCallsArrived(after: text)
 
             var produced = [ChatMessage(role: .assistant, content: text.isEmpty ? nil : text, toolCalls: turn.toolCalls)]
             var clientCall: ToolCall?
@@ -132,6 +141,8 @@ public struct Agent {
         summary.end = .roundLimitReached(maxRounds)
         return summary
     }
+
+    static let interruptedNote = "Your previous answer was cut off by an error before it was complete."
 
     /// Every tool call the model sees must have a result, or the API refuses the request. A
     /// client tool call the browser never answered gets one here, so the thread keeps working.

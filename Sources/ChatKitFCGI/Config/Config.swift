@@ -120,7 +120,8 @@ public struct Config: Sendable {
         config.jwtIssuer = value("JWT_ISSUER")
         config.jwtAudience = value("JWT_AUDIENCE")
         integer("JWT_LEEWAY_SECONDS", &config.jwtLeewaySeconds, range: 0...300)
-        integer("JWT_JWKS_COOLDOWN_SECONDS", &config.jwksCooldownSeconds, range: 0...3600)
+        // 0 would let every token with a made-up kid make its own fetch.
+        integer("JWT_JWKS_COOLDOWN_SECONDS", &config.jwksCooldownSeconds, range: 1...3600)
         integer("CHATKIT_THREADS", &config.threads, range: 1...4096)
         config.socketPath = value("CHATKIT_SOCKET")
         if let mode = value("CHATKIT_SOCKET_MODE") {

@@ -19,12 +19,12 @@ public struct HTTPRequest: Sendable {
         self.body = body
     }
 
-    /// True for `application/json`, with or without parameters such as charset.
-    public var hasJSONBody: Bool {
-        guard let contentType else { return false }
-        let mediaType = contentType.split(separator: ";", maxSplits: 1).first.map { $0.trimmed().lowercased() }
-        return mediaType == "application/json"
+    /// The `Content-Type` without parameters such as charset, lowercased.
+    public var mediaType: String? {
+        contentType?.split(separator: ";", maxSplits: 1).first.map { $0.trimmed().lowercased() }
     }
+
+    public var hasJSONBody: Bool { mediaType == "application/json" }
 }
 
 extension HTTPRequest {

@@ -8,16 +8,17 @@ extension JSON {
     /// Nesting deeper than this is refused: worker threads run on small stacks.
     public static let maximumDepth = 64
 
-    public static func parse(_ text: String) throws(JSONParseError) -> JSON {
-        try parse(Array(text.utf8))
+    /// A smaller `maximumDepth` leaves room for the levels a value will be nested in.
+    public static func parse(_ text: String, maximumDepth: Int = maximumDepth) throws(JSONParseError) -> JSON {
+        try parse(Array(text.utf8), maximumDepth: maximumDepth)
     }
 
-    public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSON {
-        try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in try parse(buffer) }
+    public static func parse(_ bytes: [UInt8], maximumDepth: Int = maximumDepth) throws(JSONParseError) -> JSON {
+        try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in try parse(buffer, maximumDepth: maximumDepth) }
     }
 
-    public static func parse(_ buffer: UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> JSON {
-        var parser = JSONParser(buffer)
+    public static func parse(_ buffer: UnsafeBufferPointer<UInt8>, maximumDepth: Int = maximumDepth) throws(JSONParseError) -> JSON {
+        var parser = JSONParser(buffer, maximumDepth: maximumDepth)
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
         parser.skipWhitespace()
@@ -29,9 +30,13 @@ extension JSON {
 /// A strict RFC 8259 recursive-descent parser over UTF-8 bytes.
 struct JSONParser {
     private let bytes: UnsafeBufferPointer<UInt8>
+    private let maximumDepth: Int
     private(set) var index = 0
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+    init(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int = JSON.maximumDepth) {
+        self.bytes = bytes
+        self.maximumDepth = maximumDepth
+    }
 
     func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: index) }
 
@@ -45,7 +50,7 @@ struct JSONParser {
     }
 
     mutating func parseValue(depth: Int) throws(JSONParseError) -> JSON {
-        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        guard depth < maximumDepth else { throw error("nesting too deep") }
         guard index < bytes.count else { throw error("unexpected end of input") }
         switch bytes[index] {
         case UInt8(ascii: "{"): return try parseObject(depth: depth)
@@ -194,7 +199,7 @@ struct JSONParser {
 
     /// Checks one value as `parseValue` would, without keeping it.
     mutating func skipValue(depth: Int) throws(JSONParseError) {
-        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        guard depth < maximumDepth else { throw error("nesting too deep") }
         switch next {
         case UInt8(ascii: "{")?: try forEachMember(depth: depth) { _, parser throws(JSONParseError) in try parser.skipValue(depth: depth + 1) }
         case UInt8(ascii: "[")?: try forEachElement(depth: depth) { parser throws(JSONParseError) in try parser.skipValue(depth: depth + 1) }
@@ -238,7 +243,7 @@ struct JSONParser {
     private mutating func forEachItem(
         depth: Int, closing: UInt8, container: String, _ item: (inout JSONParser) throws(JSONParseError) -> Void
     ) throws(JSONParseError) {
-        guard depth < JSON.maximumDepth else { throw error("nesting too deep") }
+        guard depth < maximumDepth else { throw error("nesting too deep") }
         index += 1
         skipWhitespace()
         if next == closing {

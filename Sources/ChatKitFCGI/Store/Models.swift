@@ -58,7 +58,8 @@ public struct ConversationEntry: Equatable, Sendable {
     /// The ChatKit item body, for rows a plain message cannot describe (workflows, client tool
     /// calls, user input with tags). Without one the item is built from `message`.
     public var item: JSON?
-    /// Filled in when read back.
+    /// Unix milliseconds. Stored as given, so a client shown the row before it was stored sees
+    /// the same time afterwards; 0 stores the time of the write. Filled in when read back.
     public var createdAt: Int64 = 0
 
     public init(_ message: ChatMessage, itemID: String? = nil, audience: Audience? = nil, item: JSON? = nil) {
@@ -83,7 +84,7 @@ public struct ConversationEntry: Equatable, Sendable {
 /// instead of on a random page (fewer pages read and written per commit).
 public enum PublicID {
     public static func make(_ prefix: String) -> String {
-        let milliseconds = UInt64(Clock.unixTime() * 1000)
+        let milliseconds = UInt64(Clock.unixMilliseconds())
         // The system generator (getrandom) is a CSPRNG too, at a fraction of OpenSSL's RAND_bytes.
         var generator = SystemRandomNumberGenerator()
         let random: UInt64 = generator.next()

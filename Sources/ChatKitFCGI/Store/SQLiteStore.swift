@@ -177,10 +177,12 @@ public final class SQLiteStore: Store {
         guard !entries.isEmpty || title != nil else { return }
         let now = Self.now()
         try write { db in
-            try insert(entries, into: conversationID, at: now, in: db)
-            try db.run(
+            // First: a conversation deleted meanwhile is then told apart from a failing write.
+            let touched = try db.run(
                 "UPDATE conversations SET updated_at = ?, title = coalesce(?, title) WHERE id = ?",
                 [.integer(now), title.map(SQLValue.text) ?? .null, .integer(conversationID)])
+            guard touched == 1 else { throw StoreError.conversationDeleted }
+            try insert(entries, into: conversationID, at: now, in: db)
         }
     }
 
@@ -195,7 +197,8 @@ public final class SQLiteStore: Store {
                 """,
                 [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
                  .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
-                 SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(now)])
+                 SQLValue(message.toolCallID), SQLValue(entry.item?.serialized),
+                 .integer(entry.createdAt != 0 ? entry.createdAt : now)])
         }
     }
 
@@ -386,5 +389,5 @@ public final class SQLiteStore: Store {
         return changed == 0 ? nil : try task(id: id, userID: userID, in: db)
     }
 
-    private static func now() -> Int64 { Int64(Clock.unixTime() * 1000) }
+    private static func now() -> Int64 { Clock.unixMilliseconds() }
 }

@@ -1,3 +1,9 @@
+/// What a store can fail with besides the database itself.
+public enum StoreError: Error, Equatable {
+    /// The conversation was deleted while a request was adding to it.
+    case conversationDeleted
+}
+
 /// Persistence for conversations, messages and tasks. Every call is scoped to a user: a row
 /// owned by someone else behaves exactly like a missing one.
 ///

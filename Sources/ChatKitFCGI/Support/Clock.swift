@@ -8,6 +8,9 @@ public enum Clock {
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
+    /// Wall-clock milliseconds since the Unix epoch, as rows and ids store them.
+    public static func unixMilliseconds() -> Int64 { Int64(unixTime() * 1000) }
+
     /// Monotonic milliseconds, for durations and deadlines.
     public static func monotonicMilliseconds() -> Double {
         var now = timespec()

@@ -23,10 +23,12 @@ enum SchemaValidator {
             }
         case "string":
             guard let string = value.stringValue else { throw ToolError("\(path) must be a string, not \(value.typeName)") }
-            if let minimum = schema["minLength"]?.intValue, string.trimmed().count < minimum {
+            // Lengths in code points, as JSON Schema counts them: a Character may carry any number
+            // of combining marks, so counting Characters would not bound what is stored.
+            if let minimum = schema["minLength"]?.intValue, string.trimmed().unicodeScalars.count < minimum {
                 throw ToolError("\(path) must not be empty")
             }
-            if let maximum = schema["maxLength"]?.intValue, string.count > maximum {
+            if let maximum = schema["maxLength"]?.intValue, string.unicodeScalars.count > maximum {
                 throw ToolError("\(path) must be at most \(maximum) characters")
             }
         case "integer":

@@ -17,7 +17,11 @@ struct ChatKitEndpoint {
     }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
-        guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
+        // The official server reads the body whatever its label, and which one the ChatKit client
+        // sends is not documented: text (fetch's label for a string body) and none are read too.
+        guard request.hasJSONBody || request.mediaType == "text/plain" || request.contentType == nil else {
+            throw APIError.unsupportedMediaType
+        }
         let envelope: JSON
         do throws(JSONParseError) {
             envelope = try JSON.parse(request.body)
@@ -127,7 +131,7 @@ struct ChatKitEndpoint {
     private func updateThread(_ params: JSON) throws -> JSON {
         var found = try conversation(params)
         guard let title = params["title"]?.stringValue else { throw APIError.invalidBody("params.title must be a string") }
-        found.title = String(title.trimmed().prefix(200))
+        found.title = String(Titles.prefix(title.trimmed(), characters: 200).0)
         try store.rename(conversationID: found.id, title: found.title)
         return ChatKitItems.thread(found)
     }
@@ -137,11 +141,15 @@ struct ChatKitEndpoint {
         guard let ids = params["item_ids"]?.arrayValue, !ids.isEmpty, ids.allSatisfy({ $0.stringValue != nil }) else {
             throw APIError.invalidBody("params.item_ids must be a non-empty list of item ids")
         }
+        // Each id is looked up inside the one write every user's commits wait for.
+        let distinctIDs = Array(Set(ids.compactMap(\.stringValue)))
+        guard distinctIDs.count <= Self.maximumPageSize else {
+            throw APIError.invalidBody("params.item_ids may name at most \(Self.maximumPageSize) items")
+        }
         guard let kind = params["kind"]?.stringValue, kind == "positive" || kind == "negative" else {
             throw APIError.invalidBody("params.kind must be positive or negative")
         }
-        let marked = try store.setFeedback(conversationID: found.id, itemIDs: ids.compactMap(\.stringValue),
-                                           positive: kind == "positive")
+        let marked = try store.setFeedback(conversationID: found.id, itemIDs: distinctIDs, positive: kind == "positive")
         guard marked > 0 else { throw APIError.notFound("no such item in this thread") }
         return [:]
     }
@@ -176,7 +184,7 @@ struct ChatKitEndpoint {
 
     private func userEntry(_ input: UserInput) -> ConversationEntry {
         var entry = ConversationEntry(.user(input.text), item: .object(input.itemBody))
-        entry.createdAt = Int64(Clock.unixTime() * 1000)
+        entry.createdAt = Clock.unixMilliseconds()
         return entry
     }
 

@@ -93,12 +93,37 @@ struct UserInput {
             throw .badRequest("attachments are not supported by this server")
         }
         var body: [(String, JSON)] = [("type", "user_message"), ("content", .array(content)), ("attachments", [])]
-        if let quoted = input["quoted_text"]?.stringValue {
+        switch input["quoted_text"] {
+        case nil, .null?: break
+        case .string(let quoted)?:
             body.append(("quoted_text", .string(quoted)))
             text = "> \(quoted)\n\n\(text)"
+        default: throw .invalidBody("input.quoted_text must be a string")
         }
-        body.append(("inference_options", input["inference_options"]?.objectValue.map(JSON.object) ?? [:]))
+        body.append(("inference_options", try Self.inferenceOptions(input["inference_options"])))
         self.text = text
         itemBody = body
+    }
+
+    /// Stored and echoed with the item, so it must have the SDK's shape, `{tool_choice: {id},
+    /// model}`, or every later read of the thread would fail the client's validation. Unknown
+    /// members are dropped and nulls omitted, as the SDK's models do.
+    private static func inferenceOptions(_ options: JSON?) throws(APIError) -> JSON {
+        guard let options, options != .null else { return [:] }
+        guard case .object = options else { throw .invalidBody("input.inference_options must be an object") }
+        var kept: [(String, JSON)] = []
+        switch options["tool_choice"] {
+        case nil, .null?: break
+        case let choice? where choice.objectValue != nil:
+            guard let id = choice["id"]?.stringValue else { throw .invalidBody("inference_options.tool_choice.id must be a string") }
+            kept.append(("tool_choice", ["id": .string(id)]))
+        default: throw .invalidBody("inference_options.tool_choice must be an object with an id")
+        }
+        switch options["model"] {
+        case nil, .null?: break
+        case .string(let model)?: kept.append(("model", .string(model)))
+        default: throw .invalidBody("inference_options.model must be a string")
+        }
+        return .object(kept)
     }
 }

@@ -5,6 +5,8 @@
 final class ChatKitStream: AgentObserver {
     private struct OpenMessage {
         let id: String
+        /// Sent with `thread.item.added` and stored with the item, so both say the same.
+        let createdAt = Clock.unixMilliseconds()
         /// A text delta's event up to the delta itself, encoded once: it goes out per token.
         let deltaEventHead: [UInt8]
 
@@ -19,6 +21,7 @@ final class ChatKitStream: AgentObserver {
 
     private struct OpenWorkflow {
         let id: String
+        let createdAt = Clock.unixMilliseconds()
         let startedMilliseconds = Clock.monotonicMilliseconds()
         var tasks: [JSON] = []
         var taskIndexByCall: [String: Int] = [:]
@@ -72,7 +75,7 @@ final class ChatKitStream: AgentObserver {
             assistant = opened
             var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
                                           item: .object([("type", "assistant_message"), ("content", [])]))
-            entry.createdAt = Int64(Clock.unixTime() * 1000)
+            entry.createdAt = opened.createdAt
             // The message opens with its first delta: the three events leave in one write.
             itemEvent("thread.item.added", entry, flush: false)
             update(opened.id, ["type": "assistant_message.content_part.added", "content_index": 0,
@@ -97,7 +100,7 @@ final class ChatKitStream: AgentObserver {
             workflow = opened
             var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
                                           item: workflowBody(opened, summary: nil))
-            entry.createdAt = Int64(Clock.unixTime() * 1000)
+            entry.createdAt = opened.createdAt
             itemEvent("thread.item.added", entry)
         } else {
             workflow!.tasks.append(task)
@@ -146,48 +149,56 @@ final class ChatKitStream: AgentObserver {
 
     // MARK: Storing what the agent produced
 
+    /// The text before tool calls is finished before they run, as the official server finishes
+    /// it: stored and `done` now, not left streaming while the tools work. The model sees text
+    /// and calls as one message; ChatKit shows the text as an item of its own.
+    func toolCallsArrived(after text: String) throws {
+        guard let streamed = assistant else { return }
+        assistant = nil
+        var shown = ConversationEntry(ChatMessage(role: .assistant, content: text), itemID: streamed.id, audience: .client)
+        shown.createdAt = streamed.createdAt
+        finishText(of: streamed, text)
+        try save([shown])
+        itemEvent("thread.item.done", shown)
+    }
+
     /// Called by the agent once per round. Decorates the messages with ChatKit items, stores them
     /// and sends the `done` events for what was open.
     func record(_ messages: [ChatMessage]) throws {
         var entries: [ConversationEntry] = []
         var doneEvents: [ConversationEntry] = []
         var clientCallItem: ConversationEntry?
+        let now = Clock.unixMilliseconds()
         for message in messages {
             guard message.role == .assistant else {
                 entries.append(ConversationEntry(message))
                 continue
             }
-            let text = message.content ?? ""
-            let streamed = assistant
-            assistant = nil
-            if message.toolCalls.isEmpty {
-                let entry = ConversationEntry(message, itemID: streamed?.id)
-                entries.append(entry)
-                if !text.isEmpty { doneEvents.append(entry) }
-            } else {
-                // The model sees text and calls together; ChatKit shows the text as its own item.
-                if !text.isEmpty {
-                    let shown = ConversationEntry(ChatMessage(role: .assistant, content: text), itemID: streamed?.id,
-                                                  audience: .client)
-                    entries.append(shown)
-                    doneEvents.append(shown)
-                }
-                entries.append(ConversationEntry(message, audience: .model))
+            guard message.toolCalls.isEmpty else {
+                entries.append(ConversationEntry(message, audience: .model))  // its text is shown already
                 if let call = message.toolCalls.first(where: { call in app.config.clientTools.contains { $0.name == call.name } }) {
                     clientCallItem = ConversationEntry(
                         ChatMessage(role: .assistant, content: nil), itemID: PublicID.make("tc"), audience: .client,
                         item: Self.clientToolCallBody(call, status: "pending", output: nil))
+                    clientCallItem!.createdAt = now
                 }
+                continue
             }
-            if streamed != nil {
-                update(streamed!.id, ["type": "assistant_message.content_part.done", "content_index": 0,
-                                      "content": ChatKitItems.outputText(text)])
+            let streamed = assistant
+            assistant = nil
+            var entry = ConversationEntry(message, itemID: streamed?.id)
+            entry.createdAt = streamed?.createdAt ?? now
+            entries.append(entry)
+            if let streamed {
+                finishText(of: streamed, message.content ?? "")
+                doneEvents.append(entry)
             }
         }
         if let open = workflow {
             let seconds = Int((Clock.monotonicMilliseconds() - open.startedMilliseconds) / 1000)
-            let entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: open.id, audience: .client,
+            var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: open.id, audience: .client,
                                           item: workflowBody(open, summary: ["duration": .int(seconds)]))
+            entry.createdAt = open.createdAt
             entries.append(entry)
             doneEvents.append(entry)
             workflow = nil
@@ -196,22 +207,31 @@ final class ChatKitStream: AgentObserver {
             entries.append(clientCallItem)
             doneEvents.append(clientCallItem)
         }
-        try store.append(entries, to: conversation.id, title: titleToStore)
-        titleToStore = nil
-        let now = Int64(Clock.unixTime() * 1000)
-        for var entry in doneEvents {
-            entry.createdAt = now
-            itemEvent("thread.item.done", entry)
-        }
+        try save(entries)
+        for entry in doneEvents { itemEvent("thread.item.done", entry) }
     }
 
+    private func finishText(of message: OpenMessage, _ text: String) {
+        update(message.id, ["type": "assistant_message.content_part.done", "content_index": 0,
+                            "content": ChatKitItems.outputText(text)])
+    }
+
+    /// A new thread's title goes with the first items stored.
+    private func save(_ entries: [ConversationEntry]) throws {
+        try store.append(entries, to: conversation.id, title: titleToStore)
+        titleToStore = nil
+    }
+
+    /// The arguments sit one level down in the stored item, which must read back within the
+    /// parser's depth limit; `output: null` is omitted, as the SDK omits nulls.
     static func clientToolCallBody(_ call: ToolCall, status: String, output: JSON?) -> JSON {
-        let arguments = (try? JSON.parse(call.arguments)).flatMap { $0.objectValue.map(JSON.object) } ?? [:]
+        let arguments = (try? JSON.parse(call.arguments, maximumDepth: JSON.maximumDepth - 1))
+            .flatMap { $0.objectValue.map(JSON.object) } ?? [:]
         var body: [(String, JSON)] = [
             ("type", "client_tool_call"), ("status", .string(status)), ("call_id", .string(call.id)),
             ("name", .string(call.name)), ("arguments", arguments),
         ]
-        if let output { body.append(("output", output)) }
+        if let output, output != .null { body.append(("output", output)) }
         return .object(body)
     }
 

@@ -16,19 +16,33 @@ public enum Titles {
         return truncate(String(title))
     }
 
-    /// On a word boundary where one is near, with an ellipsis when cut. Characters are walked
-    /// by index, not made one by one: that cost more than the rest of a new thread's request.
+    /// On a word boundary where one is near, with an ellipsis when cut.
     public static func truncate(_ message: String, limit: Int = 60) -> String {
-        let text = message.trimmed()
-        guard let end = text.index(text.startIndex, offsetBy: limit, limitedBy: text.endIndex), end < text.endIndex else {
-            return flattened(text)
+        let (text, cut) = prefix(message.trimmed(), characters: limit)
+        guard cut else { return flattened(text) }
+        if let space = text.lastIndex(where: { $0 == " " || $0.isNewline }),
+            text.distance(from: text.startIndex, to: space) >= limit / 2 {
+            return flattened(text[..<space]) + "…"
         }
-        let cut = text[..<end]
-        if let space = cut.lastIndex(where: { $0 == " " || $0.isNewline }),
-            cut.distance(from: cut.startIndex, to: space) >= limit / 2 {
-            return flattened(cut[..<space]) + "…"
+        return flattened(text) + "…"
+    }
+
+    /// At most `limit` characters and four times as many code points (a character may carry any
+    /// number of combining marks, and a title must stay small), and whether anything was cut.
+    /// Walked by index, not made Character by Character: that cost more than the rest of a new
+    /// thread's request.
+    static func prefix(_ text: Substring, characters limit: Int) -> (Substring, cut: Bool) {
+        var bounded = text
+        var cut = false
+        let scalars = text.unicodeScalars
+        if let end = scalars.index(scalars.startIndex, offsetBy: 4 * limit, limitedBy: scalars.endIndex), end < scalars.endIndex {
+            bounded = Substring(scalars[..<end])
+            cut = true
         }
-        return flattened(cut) + "…"
+        if let end = bounded.index(bounded.startIndex, offsetBy: limit, limitedBy: bounded.endIndex), end < bounded.endIndex {
+            return (bounded[..<end], true)
+        }
+        return (bounded, cut)
     }
 
     /// One line: newlines become spaces. Only text with a byte that can begin a newline
