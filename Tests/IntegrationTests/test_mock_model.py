@@ -113,10 +113,10 @@ def test_a_malformed_request_head_gets_a_400(paced_stack, head):
     assert json.loads(reply)["error"]["type"] == "invalid_request_error"
 
 
-def test_an_echoed_answer_streams_a_piece_per_space_and_keeps_the_text_exactly(paced_stack):
-    raw = raw_post(paced_stack.model_port, "/v1/chat/completions",
-                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "a  b é 😀x"}]},
-                   MODEL_KEY)
+def streamed_deltas(stack, content):
+    """The `delta` of every chunk the mock streams for one user message, read to the last one."""
+    raw = raw_post(stack.model_port, "/v1/chat/completions",
+                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": content}]}, MODEL_KEY)
     received = bytearray()
     while not received.endswith(b"\r\n0\r\n\r\n"):
         chunk = raw.recv(1 << 16)
@@ -124,25 +124,18 @@ def test_an_echoed_answer_streams_a_piece_per_space_and_keeps_the_text_exactly(p
         received += chunk
     raw.close()
     records = dechunk(bytes(received).partition(b"\r\n\r\n")[2]).decode().split("\n\n")
-    pieces = [json.loads(record[6:])["choices"][0]["delta"].get("content") for record in records
-              if record.startswith("data: {") and json.loads(record[6:])["choices"]]
+    return [json.loads(record[6:])["choices"][0]["delta"] for record in records
+            if record.startswith("data: {") and json.loads(record[6:])["choices"]]
+
+
+def test_an_echoed_answer_streams_a_piece_per_space_and_keeps_the_text_exactly(paced_stack):
+    pieces = [delta.get("content") for delta in streamed_deltas(paced_stack, "a  b é 😀x")]
     assert [piece for piece in pieces if piece] == ["You ", "said: ", "a ", " ", "b ", "é ", "😀x"]
 
 
 def test_say_then_streams_text_before_the_tool_calls(paced_stack):
     """What models often do, and what the ChatKit face must finish before the tools run."""
-    raw = raw_post(paced_stack.model_port, "/v1/chat/completions",
-                   {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "say Adding milk then add milk"}]},
-                   MODEL_KEY)
-    received = bytearray()
-    while not received.endswith(b"\r\n0\r\n\r\n"):
-        chunk = raw.recv(1 << 16)
-        assert chunk, "the mock closed before its last chunk"
-        received += chunk
-    raw.close()
-    records = dechunk(bytes(received).partition(b"\r\n\r\n")[2]).decode().split("\n\n")
-    deltas = [json.loads(record[6:])["choices"][0]["delta"] for record in records
-              if record.startswith("data: {") and json.loads(record[6:])["choices"]]
+    deltas = streamed_deltas(paced_stack, "say Adding milk then add milk")
     contents = [delta["content"] for delta in deltas if delta.get("content")]
     first_call = next(index for index, delta in enumerate(deltas) if delta.get("tool_calls"))
     assert contents == ["Adding ", "milk "] and all(not delta.get("content") for delta in deltas[first_call:])
