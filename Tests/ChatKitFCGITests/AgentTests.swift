@@ -101,7 +101,7 @@ final class RecordingObserver: AgentObserver {
         let (summary, stored) = try run(model)
         #expect(summary.end == .failed(.streamError("cut")))
         #expect(stored == [ChatMessage(role: .assistant, content: "partial answer"),
-                           ChatMessage(role: .system, content: Agent.interruptedNote)])
+                           ChatMessage(role: .system, content: Agent.cutOffNote)])
     }
 
     @Test func aClientThatGoesAwayCancelsTheTurnAndKeepsThePartialText() throws {
@@ -109,6 +109,6 @@ final class RecordingObserver: AgentObserver {
         observer.acceptChunks = false
         let (summary, stored) = try run(ScriptedModel([turn(text: "first words")]), observer: observer)
         #expect(summary.end == .failed(.cancelled))
-        #expect(stored == [ChatMessage(role: .assistant, content: "first words")])
+        #expect(stored == [ChatMessage(role: .assistant, content: "first words"), ChatMessage(role: .system, content: Agent.cutOffNote)])
     }
 }

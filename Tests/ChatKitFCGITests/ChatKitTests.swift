@@ -127,7 +127,7 @@ import Testing
 @Suite struct ClientToolCompletionTests {
     @Test func aClientToolCallItemAlwaysReadsBack() throws {
         func nested(_ levels: Int) -> String { String(repeating: #"{"a":"#, count: levels) + "1" + String(repeating: "}", count: levels) }
-        _ = try JSON.parse(nested(63))  // as deep as a model's arguments may be
+        _ = try JSON.parse(nested(63))  // arguments this deep parse on their own
         let deep = ChatKitStream.clientToolCallBody(ToolCall(id: "c", name: "n", arguments: nested(63)), status: "pending", output: .null)
         #expect(try JSON.parse(deep.serialized) == deep)
         #expect(deep["arguments"] == [:] && deep["output"] == nil)
@@ -199,6 +199,14 @@ import Testing
     /// What the UI shows: each event's type, or its update's type.
     static func kinds(_ events: [JSON]) -> [String] {
         events.map { event in (event["type"] == "thread.item.updated" ? event["update"]?["type"] : event["type"])?.stringValue ?? "" }
+    }
+
+    @Test func textThatWasNeverStreamedIsStillShownDone() throws {
+        let recorded = try Recorded(database)
+        try recorded.stream.toolCallsArrived(after: "Calling a tool.")
+        try recorded.stream.record([ChatMessage(role: .assistant, content: "Answer.")])
+        let done = try recorded.events().filter { $0["type"] == "thread.item.done" }
+        #expect(done.compactMap { $0["item"]?["content"]?.arrayValue?.first?["text"]?.stringValue } == ["Calling a tool.", "Answer."])
     }
 
     @Test func textBeforeToolCallsIsDoneBeforeTheToolsRun() throws {

@@ -50,6 +50,10 @@ import Testing
         #expect(heavy.unicodeScalars.count == 4 * 60 + 1 && heavy.hasSuffix("…"))
         let kept = Titles.prefix(Substring("é" + String(repeating: "\u{301}", count: 10)), characters: 2)
         #expect(kept.0 == "é" + String(repeating: "\u{301}", count: 7) && kept.cut, "é and seven of its ten marks")
+        // A cut inside an emoji sequence drops the whole sequence: 240 code points hold 34 of 7.
+        let family = "👨‍👩‍👧‍👦"
+        #expect(family.unicodeScalars.count == 7)
+        #expect(Titles.truncate(String(repeating: family, count: 40)) == String(repeating: family, count: 34) + "…")
     }
 }
 

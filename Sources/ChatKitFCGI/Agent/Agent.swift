@@ -98,11 +98,10 @@ public struct Agent {
 
             if let failure = turn.failure {
                 // Keep what the user already saw; unfinished tool calls cannot be replayed. A
-                // note tells the model that the answer it will read back was cut short.
+                // note tells the model that the answer it will read back was cut short, whether
+                // by an error, the client leaving or a shutdown.
                 if !text.isEmpty {
-                    var kept = [ChatMessage(role: .assistant, content: text)]
-                    if failure != .cancelled { kept.append(ChatMessage(role: .system, content: Self.interruptedNote)) }
-                    try record(kept)
+                    try record([ChatMessage(role: .assistant, content: text), ChatMessage(role: .system, content: Self.cutOffNote)])
                 }
                 summary.end = .failed(failure)
                 return summary
@@ -142,7 +141,7 @@ public struct Agent {
         return summary
     }
 
-    static let interruptedNote = "Your previous answer was cut off by an error before it was complete."
+    static let cutOffNote = "Your previous answer was cut off before it was complete."
 
     /// Every tool call the model sees must have a result, or the API refuses the request. A
     /// client tool call the browser never answered gets one here, so the thread keeps working.

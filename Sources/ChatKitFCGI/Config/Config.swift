@@ -49,7 +49,7 @@ public struct Config: Sendable {
         ("JWT_ISSUER", "required iss claim, when set"),
         ("JWT_AUDIENCE", "required aud claim, when set"),
         ("JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf (default 60)"),
-        ("JWT_JWKS_COOLDOWN_SECONDS", "least time between JWKS refetches for unknown kids (default 30)"),
+        ("JWT_JWKS_COOLDOWN_SECONDS", "least time between JWKS refetches for unknown kids (default 30, at least 1)"),
         ("CHATKIT_THREADS", "worker threads = concurrent requests (default 256)"),
         ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),

@@ -23,6 +23,7 @@ public protocol Store: AnyObject {
 
     /// Appends in one transaction, so an assistant tool-call message never lands without its
     /// results. `title`, when given, becomes the conversation's title in the same transaction.
+    /// Throws `StoreError.conversationDeleted` when the conversation is gone.
     func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws
     /// The newest `limit` messages the model sees, oldest first, never starting between a tool
     /// call and its result.

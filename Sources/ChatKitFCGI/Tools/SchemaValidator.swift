@@ -29,7 +29,7 @@ enum SchemaValidator {
                 throw ToolError("\(path) must not be empty")
             }
             if let maximum = schema["maxLength"]?.intValue, string.unicodeScalars.count > maximum {
-                throw ToolError("\(path) must be at most \(maximum) characters")
+                throw ToolError("\(path) must be at most \(maximum) characters (Unicode code points)")
             }
         case "integer":
             guard let integer = value.intValue else { throw ToolError("\(path) must be an integer, not \(value.typeName)") }

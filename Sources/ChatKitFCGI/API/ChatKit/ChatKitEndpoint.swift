@@ -9,6 +9,8 @@ struct ChatKitEndpoint {
 
     static let defaultPageSize = 20
     static let maximumPageSize = 100
+    /// Feedback is given on items the client shows: at most a page of them.
+    static let maximumFeedbackItems = maximumPageSize
 
     init(worker: Worker, user: String) throws {
         self.worker = worker
@@ -143,8 +145,8 @@ struct ChatKitEndpoint {
         }
         // Each id is looked up inside the one write every user's commits wait for.
         let distinctIDs = Array(Set(ids.compactMap(\.stringValue)))
-        guard distinctIDs.count <= Self.maximumPageSize else {
-            throw APIError.invalidBody("params.item_ids may name at most \(Self.maximumPageSize) items")
+        guard distinctIDs.count <= Self.maximumFeedbackItems else {
+            throw APIError.invalidBody("params.item_ids may name at most \(Self.maximumFeedbackItems) items")
         }
         guard let kind = params["kind"]?.stringValue, kind == "positive" || kind == "negative" else {
             throw APIError.invalidBody("params.kind must be positive or negative")

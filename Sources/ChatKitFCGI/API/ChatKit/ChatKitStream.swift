@@ -153,11 +153,12 @@ final class ChatKitStream: AgentObserver {
     /// it: stored and `done` now, not left streaming while the tools work. The model sees text
     /// and calls as one message; ChatKit shows the text as an item of its own.
     func toolCallsArrived(after text: String) throws {
-        guard let streamed = assistant else { return }
+        let streamed = assistant
         assistant = nil
-        var shown = ConversationEntry(ChatMessage(role: .assistant, content: text), itemID: streamed.id, audience: .client)
-        shown.createdAt = streamed.createdAt
-        finishText(of: streamed, text)
+        guard streamed != nil || !text.isEmpty else { return }
+        var shown = ConversationEntry(ChatMessage(role: .assistant, content: text), itemID: streamed?.id, audience: .client)
+        shown.createdAt = streamed?.createdAt ?? Clock.unixMilliseconds()
+        if let streamed { finishText(of: streamed, text) }
         try save([shown])
         itemEvent("thread.item.done", shown)
     }
@@ -184,15 +185,14 @@ final class ChatKitStream: AgentObserver {
                 }
                 continue
             }
+            let text = message.content ?? ""
             let streamed = assistant
             assistant = nil
             var entry = ConversationEntry(message, itemID: streamed?.id)
             entry.createdAt = streamed?.createdAt ?? now
             entries.append(entry)
-            if let streamed {
-                finishText(of: streamed, message.content ?? "")
-                doneEvents.append(entry)
-            }
+            if let streamed { finishText(of: streamed, text) }
+            if streamed != nil || !text.isEmpty { doneEvents.append(entry) }
         }
         if let open = workflow {
             let seconds = Int((Clock.monotonicMilliseconds() - open.startedMilliseconds) / 1000)

@@ -38,6 +38,10 @@ public enum Titles {
         if let end = scalars.index(scalars.startIndex, offsetBy: 4 * limit, limitedBy: scalars.endIndex), end < scalars.endIndex {
             bounded = Substring(scalars[..<end])
             cut = true
+            // The cut may fall inside the last character (an emoji sequence, say), so that one
+            // goes, unless it is the only one.
+            let last = bounded.index(before: bounded.endIndex)
+            if last > bounded.startIndex { bounded = bounded[..<last] }
         }
         if let end = bounded.index(bounded.startIndex, offsetBy: limit, limitedBy: bounded.endIndex), end < bounded.endIndex {
             return (bounded[..<end], true)
