@@ -58,6 +58,12 @@ import Testing
         #expect(throws: JSONParseError.self) { try JSON.parse(text) }
     }
 
+    @Test func refusesDocumentsOfMoreValuesThanTheLimit() throws {
+        func list(_ count: Int) -> String { "[" + Array(repeating: "0", count: count).joined(separator: ",") + "]" }
+        #expect(try JSON.parse(list(JSON.maximumValues - 1)).arrayValue?.count == JSON.maximumValues - 1)
+        #expect(throws: JSONParseError.self) { try JSON.parse(list(JSON.maximumValues)) }
+    }
+
     @Test func refusesNestingDeeperThanTheLimit() {
         let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
         #expect(throws: JSONParseError.self) { try JSON.parse(deep) }

@@ -21,6 +21,7 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}], "conversation_id": None
     (b"", "application/json", 400),
     (b"\xff\xfe", "application/json", 400),
     (b"[" * 100_000, "application/json", 400),
+    (b'{"messages":[' + b",".join([b"[0]"] * 250_000) + b"]}", "application/json", 400),  # a 22 MB tree
     (json.dumps({**GOOD, "pad": "x" * (1_200_000)}).encode(), "application/json", 413),
     (json.dumps({**GOOD, "pad": "x" * (3_000_000)}).encode(), "application/json", 413),
 ])
