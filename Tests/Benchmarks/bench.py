@@ -25,9 +25,9 @@ runs the same number of requests back to back, each on a fresh connection (HTTP/
 `Connection: close`, chunked decoding), from bench-client, the package's load generator: one
 thread on epoll, so the client's cost is small and identical on both paths (it shares the two
 cores with the nginx path's processes; at 256 streams it needs about 0.11 ms of CPU per request,
-the Python client it replaced about 0.3). The slots start spread over one request's duration: every request takes the same time,
-so slots started together would stay in step and send their requests in bursts of
-`concurrency` for the whole level (--burst measures that).
+the Python client it replaced about 0.3). The slots start spread over one request's duration:
+every request takes the same time, so slots started together would stay in step and send their
+requests in bursts of `concurrency` for the whole level (--burst measures that).
 
 Per request: TTFT = time from writing the request to the arrival of the first SSE record whose
 choices[0].delta.content is non-empty (ChatKit: the first text delta); total = until the server

@@ -21,7 +21,7 @@ struct ChatKitEndpoint {
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
         // The official server reads the body whatever its label, and which one the ChatKit client
         // sends is not documented: text (fetch's label for a string body) and none are read too.
-        guard request.hasJSONBody || request.mediaType == "text/plain" || request.contentType == nil else {
+        guard request.contentType == nil || ["application/json", "text/plain"].contains(request.mediaType) else {
             throw APIError.unsupportedMediaType
         }
         let envelope: JSON

@@ -178,10 +178,11 @@ final class ChatKitStream: AgentObserver {
             guard message.toolCalls.isEmpty else {
                 entries.append(ConversationEntry(message, audience: .model))  // its text is shown already
                 if let call = message.toolCalls.first(where: { call in app.config.clientTools.contains { $0.name == call.name } }) {
-                    clientCallItem = ConversationEntry(
+                    var item = ConversationEntry(
                         ChatMessage(role: .assistant, content: nil), itemID: PublicID.make("tc"), audience: .client,
                         item: Self.clientToolCallBody(call, status: "pending", output: nil))
-                    clientCallItem!.createdAt = now
+                    item.createdAt = now
+                    clientCallItem = item
                 }
                 continue
             }
