@@ -60,7 +60,7 @@ final class LoadGenerator {
     }
 
     private let settings: LoadSettings
-    private let epoll: Int32
+    private let epoll: Epoll
     private var slots: [Slot] = []
     private var open = 0
     /// Slots whose request just ended, to start the next one from the loop (not recursively:
@@ -73,8 +73,11 @@ final class LoadGenerator {
 
     init(settings: LoadSettings) {
         self.settings = settings
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        precondition(epoll >= 0, "epoll_create1 failed")
+        do {
+            epoll = try Epoll()
+        } catch {
+            fatalError("\(error)")
+        }
     }
 
     func run() {
@@ -83,8 +86,6 @@ final class LoadGenerator {
             Slot(index: index, startAt: start + settings.staggerNanoseconds * UInt64(index) / UInt64(settings.concurrency),
                  requests: settings.requestsPerSlot)
         }
-        var tags = [UInt64](repeating: 0, count: 256)
-        var events = [UInt32](repeating: 0, count: 256)
         var unstarted = slots[...]
         var nextTimeoutSweep = start + 1_000_000_000
         while true {
@@ -108,10 +109,10 @@ final class LoadGenerator {
             // last request does not wait out a sweep interval.
             if unstarted.isEmpty && restarting.isEmpty && open == 0 { break }
             let wakeAt = restarting.isEmpty ? min(unstarted.first?.startAt ?? nextTimeoutSweep, nextTimeoutSweep) : now
-            let ready = clinux_epoll_wait_ns(epoll, &tags, &events, 256, Int64(wakeAt > now ? wakeAt - now : 0))
-            let readyAt = Clock.monotonicNanoseconds()
-            for index in 0..<max(0, Int(ready)) {
-                handle(slots[Int(tags[index])], events: events[index], now: readyAt)
+            var readyAt: UInt64?
+            epoll.wait(nanoseconds: Int64(wakeAt > now ? wakeAt - now : 0)) { tag, events in
+                if readyAt == nil { readyAt = Clock.monotonicNanoseconds() }
+                handle(slots[Int(tag)], events: events, now: readyAt!)
             }
         }
         slotRates = slots.map { $0.elapsed > 0 ? Double($0.completed) * 1e9 / Double($0.elapsed) : 0 }
@@ -169,7 +170,13 @@ final class LoadGenerator {
         }
         let events = slot.written == settings.request.count ? EPOLLIN.rawValue : EPOLLOUT.rawValue
         if events == EPOLLIN.rawValue { slot.stage = .receiving }
-        _ = clinux_epoll_set(epoll, slot.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, slot.fd, events, UInt64(slot.index))
+        do {
+            try slot.registered
+                ? epoll.modify(slot.fd, events: events, tag: UInt64(slot.index))
+                : epoll.add(slot.fd, events: events, tag: UInt64(slot.index))
+        } catch {
+            return end(slot, .failed("\(error)"), now: now)
+        }
         slot.registered = true
     }
 
@@ -179,7 +186,11 @@ final class LoadGenerator {
         guard readOnce(slot, now: now) else { return }
         if slot.firstContent != nil {
             slot.stage = .draining
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, slot.fd, EPOLLRDHUP.rawValue, UInt64(slot.index))
+            do {
+                try epoll.modify(slot.fd, events: EPOLLRDHUP.rawValue, tag: UInt64(slot.index))
+            } catch {
+                end(slot, .failed("\(error)"), now: now)
+            }
         }
     }
 

@@ -2,13 +2,10 @@ import CLinux
 import ChatKitFCGI
 import Glibc
 
-/// Sends the paced records of every stream from one thread, each when it falls due.
-///
-/// Before, each connection's thread slept between records: two context switches per record,
-/// which at 256 streams made the mock cost as much CPU as nginx and the responder together on
-/// the benchmark's two shared cores. Here one thread wakes when the earliest record falls due
-/// (at most 50 us later) and sends every record due by then; a connection's thread waits once
-/// per stream.
+/// Sends the paced records of every stream from one thread, each when it falls due: the thread
+/// wakes when the earliest record falls due (at most 50 us later) and sends every record due by
+/// then, so a record costs no context switch of its own and a connection's thread waits once
+/// per stream. The mock shares the benchmark's two cores with what it measures.
 ///
 /// Writes never block this thread: a socket that is full keeps its bytes until it polls
 /// writable, and a peer that reads nothing for `stuckTimeout` ends its stream. A peer that
@@ -20,7 +17,10 @@ final class Pacer: @unchecked Sendable {
     static let shared = Pacer()
 
     /// The rest of one stream: `frames[i]` falls due at `start + (i + 1) * interval`.
-    private final class Stream {
+    ///
+    /// `@unchecked Sendable`: posted by its connection's thread, which then only waits on
+    /// `done`; from then on the pacer's thread alone touches it.
+    private final class Stream: @unchecked Sendable {
         let fd: Int32
         let frames: [[UInt8]]
         let start: UInt64
@@ -31,26 +31,20 @@ final class Pacer: @unchecked Sendable {
         var blockedSince: UInt64?
         var scheduled: UInt64?
         var completed = false
-        private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+        private let done = Semaphore()
 
         init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64) {
             self.fd = fd
             self.frames = frames
             self.start = start
             self.interval = interval
-            sem_init(done, 0, 0)
-        }
-
-        deinit {
-            sem_destroy(done)
-            done.deallocate()
         }
 
         func due(_ index: Int) -> UInt64 { start + UInt64(index + 1) * interval }
-        func wait() { while sem_wait(done) != 0 {} }
+        func wait() { done.wait() }
         func end(completed: Bool) {
             self.completed = completed
-            sem_post(done)
+            done.signal()
         }
     }
 
@@ -58,20 +52,24 @@ final class Pacer: @unchecked Sendable {
     private static let submittedTag: UInt64 = 0
     /// How late the loop may wake (the kernel's default, set so as not to depend on it):
     /// records falling due within it go out with one wake-up. epoll_wait's millisecond timeout
-    /// would round every record late onto shared ticks; a timerfd re-armed for each due time
-    /// cost two system calls per record, and re-arming alone 4% of the benchmark machine.
+    /// would round every record late onto shared ticks, and a timerfd re-armed for each due
+    /// time would cost two system calls per record.
     private static let timerSlackNanoseconds: UInt = 50_000
-    private let epoll: Int32
-    private let submitted = Mailbox<Stream>()
+    private let epoll: Epoll
+    private let submitted: Mailbox<Stream>
     private var streams: [UInt64: Stream] = [:]
     private var lastTag: UInt64 = 0
     /// A min-heap of (due time, stream tag); entries of streams already ended are skipped.
     private var timers: [(due: UInt64, tag: UInt64)] = []
 
     private init() {
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        precondition(epoll >= 0, "could not create the pacer's epoll")
-        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, submitted.descriptor, EPOLLIN.rawValue, Self.submittedTag) == 0)
+        do {
+            epoll = try Epoll()
+            submitted = try Mailbox()
+            try epoll.add(submitted.descriptor, events: EPOLLIN.rawValue, tag: Self.submittedTag)
+        } catch {
+            fatalError("the pacer cannot start: \(error)")
+        }
         precondition(DetachedThread.start(stackBytes: 256 << 10) { self.loop() }, "could not start the pacer")
     }
 
@@ -85,19 +83,16 @@ final class Pacer: @unchecked Sendable {
     }
 
     private func loop() -> Never {
-        var tags = [UInt64](repeating: 0, count: 256)
-        var events = [UInt32](repeating: 0, count: 256)
-        _ = clinux_set_timer_slack(Self.timerSlackNanoseconds)
+        precondition(clinux_set_timer_slack(Self.timerSlackNanoseconds) == 0, "could not set the pacer's timer slack")
         while true {
-            let ready = clinux_epoll_wait_ns(epoll, &tags, &events, 256, nanosecondsToFirstDue())
-            for index in 0..<max(0, Int(ready)) {
-                if tags[index] == Self.submittedTag {
+            epoll.wait(nanoseconds: nanosecondsToFirstDue()) { tag, events in
+                if tag == Self.submittedTag {
                     takeSubmitted()
-                } else if let stream = streams[tags[index]] {
-                    if events[index] & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-                        end(tags[index], stream, completed: false)
+                } else if let stream = streams[tag] {
+                    if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+                        end(tag, stream, completed: false)
                     } else {
-                        service(tags[index], stream, now: Clock.monotonicNanoseconds())
+                        service(tag, stream, now: Clock.monotonicNanoseconds())
                     }
                 }
             }
@@ -122,7 +117,9 @@ final class Pacer: @unchecked Sendable {
     private func takeSubmitted() {
         for stream in submitted.takeAll() {
             lastTag += 1
-            guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, stream.fd, EPOLLRDHUP.rawValue, lastTag) == 0 else {
+            do {
+                try epoll.add(stream.fd, events: EPOLLRDHUP.rawValue, tag: lastTag)
+            } catch {
                 stream.end(completed: false)
                 continue
             }
@@ -163,7 +160,10 @@ final class Pacer: @unchecked Sendable {
             } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if stream.blockedSince == nil {
                     stream.blockedSince = now
-                    _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, tag)
+                    guard (try? epoll.modify(stream.fd, events: EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, tag: tag)) != nil else {
+                        end(tag, stream, completed: false)
+                        return false
+                    }
                 }
                 return true
             } else {
@@ -175,13 +175,17 @@ final class Pacer: @unchecked Sendable {
         stream.unsentOffset = 0
         if stream.blockedSince != nil {
             stream.blockedSince = nil
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue, tag)
+            guard (try? epoll.modify(stream.fd, events: EPOLLRDHUP.rawValue, tag: tag)) != nil else {
+                end(tag, stream, completed: false)
+                return false
+            }
         }
         return true
     }
 
     private func end(_ tag: UInt64, _ stream: Stream, completed: Bool) {
-        _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, stream.fd, 0, 0)
+        // The connection's thread closes the descriptor once told; until then it is registered.
+        try? epoll.remove(stream.fd)
         streams[tag] = nil
         stream.end(completed: completed)
     }

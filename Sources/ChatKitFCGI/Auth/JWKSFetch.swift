@@ -4,17 +4,24 @@ enum JWKSFetch {
         var request = HTTPClient.Request(url: url)
         request.headers = ["Accept: application/json, application/jwk-set+json"]
         request.totalTimeoutMilliseconds = 5_000
-        var body: [UInt8] = []
+        let document = Document()
         let head: HTTPResponseHead
         do throws(TransferError) {
-            head = try HTTPClient().perform(request) { bytes in
-                body.append(contentsOf: bytes)
-                return body.count <= 1 << 20
-            }
+            head = try HTTPClient().perform(request, into: document)
         } catch {
             throw .keySetUnavailable(error.description)
         }
         guard head.status == 200 else { throw .keySetUnavailable("HTTP \(head.status) from the JWKS URL") }
-        return body
+        return document.bytes
+    }
+
+    /// The key set's bytes, up to 1 MiB.
+    private final class Document: TransferConsumer {
+        private(set) var bytes: [UInt8] = []
+
+        func body(_ chunk: UnsafeRawBufferPointer) -> Bool {
+            bytes.append(contentsOf: chunk)
+            return bytes.count <= 1 << 20
+        }
     }
 }

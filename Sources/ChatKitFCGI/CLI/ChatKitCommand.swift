@@ -197,8 +197,7 @@ public enum ChatKitCommand {
     }
 
     private static func printError(_ message: String) {
-        var line = Array("chatkit-fcgi: \(message)\n".utf8)
-        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        Log.toStandardError(Array("chatkit-fcgi: \(message)\n".utf8))
     }
 }
 

@@ -104,39 +104,17 @@ public final class HTTPClient {
         public init(url: String) { self.url = url }
     }
 
-    /// Performs `request`, handing body bytes to `onBody` as they arrive; the calling thread
-    /// waits while the transfer loop runs it, and the callbacks run on the loop's thread.
-    ///
-    /// `watch` is our client's socket: the transfer stops when it becomes readable (the client
-    /// went away). `outputHasRoom` says whether the callbacks can write to it now without
-    /// blocking; while it says no, body bytes are held back (the download pauses) until `watch`
-    /// polls writable, and a pause longer than the stall timeout ends the transfer. `onTick` runs about
-    /// every `tickMilliseconds`, told whether `watch` can take a write now; `onBody` or `onTick`
-    /// returning false aborts the transfer.
-    public func perform(
-        _ request: Request,
-        watch: Int32? = nil,
-        outputHasRoom: () -> Bool = { true },
-        tickMilliseconds: Int32 = 100,
-        onTick: (_ outputHasRoom: Bool) -> Bool = { _ in true },
-        onHead: (HTTPResponseHead) -> Void = { _ in },
-        onBody: (UnsafeRawBufferPointer) -> Bool
-    ) throws(TransferError) -> HTTPResponseHead {
-        try withoutActuallyEscaping(onBody) { onBody throws(TransferError) in
-            try withoutActuallyEscaping(onHead) { onHead throws(TransferError) in
-                try withoutActuallyEscaping(onTick) { onTick throws(TransferError) in
-                    try withoutActuallyEscaping(outputHasRoom) { outputHasRoom throws(TransferError) in
-                        let transfer = Transfer(
-                            easy: easy, watch: watch, tickMilliseconds: Double(tickMilliseconds),
-                            stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000,
-                            callbacks: .init(outputHasRoom: outputHasRoom, onTick: onTick, onHead: onHead, onBody: onBody))
-                        try configure(request, for: transfer)
-                        if let failure = TransferLoop.shared.run(transfer) { throw failure }
-                        return transfer.head
-                    }
-                }
-            }
-        }
+    /// Performs `request`, handing the response to `consumer` as it arrives. The calling
+    /// thread waits while the transfer loop runs it; `consumer` is called on the loop's thread.
+    public func perform(_ request: Request, into consumer: some TransferConsumer, tickMilliseconds: Int32 = 100)
+        throws(TransferError) -> HTTPResponseHead
+    {
+        let transfer = Transfer(
+            easy: easy, consumer: consumer, tickMilliseconds: Double(tickMilliseconds),
+            stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000)
+        try configure(request, for: transfer)
+        if let failure = TransferLoop.shared.run(transfer) { throw failure }
+        return transfer.head
     }
 
     private func configure(_ request: Request, for transfer: Transfer) throws(TransferError) {
@@ -156,9 +134,12 @@ public final class HTTPClient {
         if code == CURLE_OK, request.method != "GET" { code = ccurl_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method) }
         if let body = request.body {
             set(CURLOPT_POSTFIELDSIZE_LARGE, body.count)
-            // COPYPOSTFIELDS: libcurl keeps its own copy, so the array may go away.
+            // COPYPOSTFIELDS: libcurl keeps its own copy, so the array may go away. An empty
+            // array may have no storage at all; an empty C string stands in for it.
             if code == CURLE_OK {
-                code = body.withUnsafeBytes { ccurl_setopt_pointer(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!)) }
+                code = body.isEmpty
+                    ? ccurl_setopt_string(easy, CURLOPT_COPYPOSTFIELDS, "")
+                    : body.withUnsafeBytes { ccurl_setopt_pointer(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress!)) }
             }
         }
         for header in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, header) }
@@ -173,19 +154,42 @@ public final class HTTPClient {
     }
 }
 
+/// Where a transfer's response goes. Its methods run on the transfer loop's thread, while the
+/// thread that called `perform` waits for the transfer to end.
+public protocol TransferConsumer: AnyObject {
+    /// Our client's socket: the transfer stops when it becomes readable (the client went away).
+    var watchedDescriptor: Int32? { get }
+    /// Whether the consumer can write to its client now without blocking. While it says no,
+    /// body bytes are held back (the download pauses) until `watchedDescriptor` polls writable,
+    /// and a pause longer than the stall timeout ends the transfer.
+    var outputHasRoom: Bool { get }
+    /// About every `tickMilliseconds`, told whether the client can take a write now; false
+    /// stops the transfer.
+    func tick(outputHasRoom: Bool) -> Bool
+    /// Before the first body byte, or at the end for a response without a body.
+    func head(_ head: HTTPResponseHead)
+    /// False stops the transfer.
+    func body(_ bytes: UnsafeRawBufferPointer) -> Bool
+}
+
+extension TransferConsumer {
+    public var watchedDescriptor: Int32? { nil }
+    public var outputHasRoom: Bool { true }
+    public func tick(outputHasRoom: Bool) -> Bool { true }
+    public func head(_ head: HTTPResponseHead) {}
+}
+
 /// One transfer, from the caller's thread to the loop's and back. libcurl's C callbacks reach
 /// it through an unretained pointer; `perform` keeps it alive until the loop hands it back.
 ///
 /// `@unchecked Sendable`: the caller configures it, then waits on `done` while the loop alone
-/// uses it; the loop drops every reference to it before posting `done`.
+/// uses it; the loop's last act is to drop the consumer and signal `done`.
 final class Transfer: @unchecked Sendable {
     let easy: UnsafeMutableRawPointer
     let watch: Int32?
     let tickMilliseconds: Double
     let stallTimeoutMilliseconds: Double
-    /// The caller's closures, which `perform` lets escape only until the transfer is done:
-    /// dropped before the caller wakes, whatever else still holds this object.
-    private var callbacks: Callbacks?
+    private var consumer: (any TransferConsumer)?
     var headerList: UnsafeMutablePointer<curl_slist>?
     var head = HTTPResponseHead()
     var headReported = false
@@ -197,42 +201,32 @@ final class Transfer: @unchecked Sendable {
     /// The loop's number for this transfer's registration of `watch`.
     var registration: UInt32 = 0
     var failure: TransferError?
-    private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    private let done = Semaphore()
 
-    init(easy: UnsafeMutableRawPointer, watch: Int32?, tickMilliseconds: Double, stallTimeoutMilliseconds: Double,
-         callbacks: Callbacks) {
+    init(easy: UnsafeMutableRawPointer, consumer: any TransferConsumer, tickMilliseconds: Double,
+         stallTimeoutMilliseconds: Double) {
         self.easy = easy
-        self.watch = watch
+        self.consumer = consumer
+        watch = consumer.watchedDescriptor
         self.tickMilliseconds = tickMilliseconds
         self.stallTimeoutMilliseconds = stallTimeoutMilliseconds
-        self.callbacks = callbacks
-        sem_init(done, 0, 0)
-    }
-
-    struct Callbacks {
-        let outputHasRoom: () -> Bool
-        let onTick: (Bool) -> Bool
-        let onHead: (HTTPResponseHead) -> Void
-        let onBody: (UnsafeRawBufferPointer) -> Bool
     }
 
     deinit {
         headerList.map { curl_slist_free_all($0) }
-        sem_destroy(done)
-        done.deallocate()
     }
 
-    func waitUntilDone() { while sem_wait(done) != 0 {} }
+    func waitUntilDone() { done.wait() }
 
     /// On the loop's thread: the last thing it does with this transfer.
     func markDone(failure: TransferError?) {
         if failure == nil { reportHeadIfNeeded() }
         self.failure = failure
-        callbacks = nil
-        sem_post(done)
+        consumer = nil
+        done.signal()
     }
 
-    func tick(outputHasRoom: Bool) -> Bool { callbacks?.onTick(outputHasRoom) ?? false }
+    func tick(outputHasRoom: Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom) ?? false }
 
     /// One header line, read as bytes: this runs for every line of every model response.
     func header(_ line: UnsafeRawBufferPointer) {
@@ -255,21 +249,24 @@ final class Transfer: @unchecked Sendable {
         var status = 0
         _ = ccurl_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
         head.status = status
-        callbacks?.onHead(head)
+        consumer?.head(head)
     }
 
-    /// True when the callbacks can write to our client now without blocking the loop.
-    var outputHasRoom: Bool { callbacks?.outputHasRoom() ?? true }
+    /// True when the consumer can write to our client now without blocking the loop.
+    var outputHasRoom: Bool { consumer?.outputHasRoom ?? true }
 
     /// The number of bytes taken, 0 to abort, or CURL_WRITEFUNC_PAUSE to be called again with
     /// the same bytes once `watch` has room.
     func body(_ bytes: UnsafeRawBufferPointer) -> Int {
         guard outputHasRoom else {
-            TransferLoop.shared.awaitOutput(for: self)
+            guard TransferLoop.shared.awaitOutput(for: self) else {
+                stopRequested = true
+                return 0
+            }
             return Int(CURL_WRITEFUNC_PAUSE)
         }
         reportHeadIfNeeded()
-        if callbacks?.onBody(bytes) != true { stopRequested = true }
+        if consumer?.body(bytes) != true { stopRequested = true }
         return stopRequested ? 0 : bytes.count
     }
 }

@@ -4,12 +4,8 @@ import Glibc
 
 /// The one thread that drives every HTTP transfer of the process, through one libcurl multi
 /// handle and epoll. A caller hands its transfer over and waits; the callbacks (parsing each
-/// chunk, writing it to our client) run here.
-///
-/// Before, each stream's own thread waited in `curl_multi_wait`: one wake-up, a context switch
-/// and three polls per chunk, the largest part of the responder's CPU at 256 streams. Here one
-/// wake-up serves every chunk that arrived meanwhile, and the connections to the model API are
-/// pooled for the whole process.
+/// chunk, writing it to our client) run here. One wake-up serves every chunk that arrived
+/// meanwhile, and the connections to the model API are pooled for the whole process.
 ///
 /// Writing to our client must never block this thread, or every stream would stall behind one
 /// slow reader: body bytes are only delivered while the client's writer has room for them, and
@@ -21,8 +17,8 @@ final class TransferLoop: @unchecked Sendable {
     static let shared = TransferLoop()
 
     private let multi: UnsafeMutableRawPointer
-    private let epoll: Int32
-    private let submitted = Mailbox<Transfer>()
+    private let epoll: Epoll
+    private let submitted: Mailbox<Transfer>
 
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
     /// By registration number, not descriptor: a descriptor closed and reused within one batch
@@ -46,10 +42,14 @@ final class TransferLoop: @unchecked Sendable {
     private init() {
         guard let multi = curl_multi_init() else { fatalError("libcurl could not allocate a multi handle") }
         self.multi = multi
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        precondition(epoll >= 0, "could not create the transfer loop's epoll")
-        precondition(clinux_epoll_set(epoll, EPOLL_CTL_ADD, submitted.descriptor, EPOLLIN.rawValue,
-                                      Self.tag(.submitted, submitted.descriptor)) == 0)
+        // Without its epoll and mailbox no model call could ever run: nothing to fall back to.
+        do {
+            epoll = try Epoll()
+            submitted = try Mailbox()
+            try epoll.add(submitted.descriptor, events: EPOLLIN.rawValue, tag: Self.tag(.submitted, submitted.descriptor))
+        } catch {
+            fatalError("the transfer loop cannot start: \(error)")
+        }
         let context = Unmanaged.passUnretained(self).toOpaque()
         _ = ccurl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, context)
         _ = ccurl_multi_setopt_socket_function(multi, loopSocketCallback)
@@ -71,18 +71,14 @@ final class TransferLoop: @unchecked Sendable {
         var signals = sigset_t()
         sigfillset(&signals)
         for fault in [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT] { sigdelset(&signals, fault) }
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        let capacity = 256
-        var tags = [UInt64](repeating: 0, count: capacity)
-        var events = [UInt32](repeating: 0, count: capacity)
+        System.setSignalMask(SIG_BLOCK, signals)
         while true {
-            let ready = clinux_epoll_wait(epoll, &tags, &events, Int32(capacity), waitMilliseconds())
-            for index in 0..<max(0, Int(ready)) {
-                let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: tags[index]))
-                switch Kind(rawValue: tags[index] >> 32) {
+            epoll.wait(milliseconds: waitMilliseconds()) { tag, events in
+                let descriptor = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
+                switch Kind(rawValue: tag >> 32) {
                 case .submitted?: takeSubmitted()
-                case .curlSocket?: socketAction(descriptor, events: events[index])
-                case .watch?: watchedSocketReady(registration: UInt32(truncatingIfNeeded: tags[index]), events: events[index])
+                case .curlSocket?: socketAction(descriptor, events: events)
+                case .watch?: watchedSocketReady(registration: UInt32(truncatingIfNeeded: tag), events: events)
                 case nil: break
                 }
             }
@@ -113,8 +109,10 @@ final class TransferLoop: @unchecked Sendable {
                 lastRegistration &+= 1
                 transfer.registration = lastRegistration
                 watched[lastRegistration] = transfer
-                guard clinux_epoll_set(epoll, EPOLL_CTL_ADD, watch, EPOLLIN.rawValue, watchTag(transfer)) == 0 else {
-                    finish(transfer, failure: .transport("cannot watch the client's socket (errno \(errno))"))
+                do {
+                    try epoll.add(watch, events: EPOLLIN.rawValue, tag: watchTag(transfer))
+                } catch {
+                    finish(transfer, failure: .transport("cannot watch the client's socket: \(error)"))
                     continue
                 }
             }
@@ -144,7 +142,12 @@ final class TransferLoop: @unchecked Sendable {
         }
         if events & EPOLLOUT.rawValue != 0, transfer.awaitingOutput {
             transfer.awaitingOutput = false
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, EPOLLIN.rawValue, watchTag(transfer))
+            do {
+                try epoll.modify(socket, events: EPOLLIN.rawValue, tag: watchTag(transfer))
+            } catch {
+                finish(transfer, failure: .transport("cannot watch the client's socket: \(error)"))
+                return
+            }
             // Unpausing delivers the held bytes at once; if they are refused, libcurl will not
             // schedule the transfer again, so it ends here.
             let code = curl_easy_pause(transfer.easy, CURLPAUSE_CONT)
@@ -155,12 +158,19 @@ final class TransferLoop: @unchecked Sendable {
         }
     }
 
-    /// Called from the body callback when the client's socket is full.
-    func awaitOutput(for transfer: Transfer) {
-        guard let watch = transfer.watch, !transfer.awaitingOutput else { return }
+    /// Called from the body callback when the client's socket is full. False when the socket
+    /// cannot be watched for room, so the transfer could never resume.
+    func awaitOutput(for transfer: Transfer) -> Bool {
+        guard let watch = transfer.watch, !transfer.awaitingOutput else { return true }
+        do {
+            try epoll.modify(watch, events: EPOLLIN.rawValue | EPOLLOUT.rawValue, tag: watchTag(transfer))
+        } catch {
+            Log.error("cannot wait for room on our client's socket: \(error)")
+            return false
+        }
         transfer.awaitingOutput = true
         transfer.pausedSince = Clock.monotonicMilliseconds()
-        _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, watch, EPOLLIN.rawValue | EPOLLOUT.rawValue, watchTag(transfer))
+        return true
     }
 
     /// Each transfer's `onTick`, about every `tickMilliseconds`, told whether its client's
@@ -204,7 +214,9 @@ final class TransferLoop: @unchecked Sendable {
         running[transfer.easy] = nil
         if let watch = transfer.watch, watched[transfer.registration] === transfer {
             watched[transfer.registration] = nil
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, watch, 0, 0)
+            // The descriptor is still open (its request has not finished), so this cannot fail
+            // but for lack of memory, and a stale registration is dropped with the descriptor.
+            do { try epoll.remove(watch) } catch { Log.warning("\(error)") }
         }
         transfer.markDone(failure: failure)
     }
@@ -212,7 +224,13 @@ final class TransferLoop: @unchecked Sendable {
     fileprivate func curlSocket(_ socket: Int32, what: Int32) {
         if what == CURL_POLL_REMOVE {
             curlSockets.remove(socket)
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, socket, 0, 0)
+            do {
+                try epoll.remove(socket)
+            } catch where error.code == ENOENT {
+                // Closed and reused before libcurl said so: the kernel dropped it already.
+            } catch {
+                Log.warning("\(error)")
+            }
             return
         }
         var events: UInt32 = 0
@@ -220,12 +238,16 @@ final class TransferLoop: @unchecked Sendable {
         if what & CURL_POLL_OUT != 0 { events |= EPOLLOUT.rawValue }
         let tag = Self.tag(.curlSocket, socket)
         // The kernel forgets a closed descriptor on its own, so the set can be stale either way.
-        if curlSockets.insert(socket).inserted {
-            if clinux_epoll_set(epoll, EPOLL_CTL_ADD, socket, events, tag) != 0, errno == EEXIST {
-                _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, events, tag)
+        let isNew = curlSockets.insert(socket).inserted
+        do {
+            do {
+                try isNew ? epoll.add(socket, events: events, tag: tag) : epoll.modify(socket, events: events, tag: tag)
+            } catch where error.code == (isNew ? EEXIST : ENOENT) {
+                try isNew ? epoll.modify(socket, events: events, tag: tag) : epoll.add(socket, events: events, tag: tag)
             }
-        } else if clinux_epoll_set(epoll, EPOLL_CTL_MOD, socket, events, tag) != 0, errno == ENOENT {
-            _ = clinux_epoll_set(epoll, EPOLL_CTL_ADD, socket, events, tag)
+        } catch {
+            // Unwatched, the transfer hears nothing more: libcurl's timeouts end it.
+            Log.error("cannot watch a model connection: \(error)")
         }
     }
 

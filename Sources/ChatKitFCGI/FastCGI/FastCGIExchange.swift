@@ -3,6 +3,10 @@ import Glibc
 
 /// One accepted FastCGI request: reads the CGI params and body, writes the CGI response.
 /// The only place that knows what libfcgi's return codes mean.
+///
+/// Used by one thread at a time: the worker that accepted the request reads it and writes the
+/// head, then, while the worker waits for a model call, the transfer loop writes the records
+/// that call produces (`hasRoom`, `write`), then the worker again.
 final class FastCGIExchange: ResponseWriter {
     private let request: UnsafeMutablePointer<FCGX_Request>
     private var pendingHead: [UInt8] = []
@@ -24,16 +28,17 @@ final class FastCGIExchange: ResponseWriter {
     /// third). Writes are charged against a quarter of it, at twice their size plus a kilobyte
     /// per system call (more than the kernel's own accounting per buffer), before the socket is
     /// polled again; so half (TCP: a twelfth) stays free for what one chunk of the model's
-    /// answer writes. One poll per few dozen records instead of one per record (measured: 24
-    /// polls per request at 20 chunks).
+    /// answer writes, and a poll serves a few dozen records instead of one.
     var hasRoom: Bool {
         if provenRoom > 0 { return true }
         guard let socket = clientDescriptor else { return true }
-        var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
-        guard poll(&descriptor, 1, 0) == 1, descriptor.revents & Int16(POLLOUT) != 0 else { return false }
-        var sendBuffer: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(socket, SOL_SOCKET, SO_SNDBUF, &sendBuffer, &length) == 0 { provenRoom = Int(sendBuffer) / 4 }
+        do {
+            guard try System.isReady(socket, for: Int16(POLLOUT)) else { return false }
+            provenRoom = Int(try System.socketOption(socket, level: SOL_SOCKET, SO_SNDBUF)) / 4
+        } catch {
+            // The write that follows finds out what is wrong with the socket.
+            Log.warning("our client's socket: \(error)")
+        }
         return true
     }
 

@@ -1,6 +1,5 @@
 import CFastCGI
 import Glibc
-import Synchronization
 
 /// Where the listening socket comes from, in the order systemd, spawn-fcgi and a developer
 /// would hand it over.
@@ -48,12 +47,13 @@ public enum ListenSocket {
 
 /// Worker threads, each blocking in `FCGX_Accept_r` on the shared listening socket.
 ///
-/// `@unchecked Sendable`: after `init` only `workers` changes, and it is a `Mutex`.
+/// `@unchecked Sendable`: after `init` only `workers` changes, under `workersLock`.
 public final class FastCGIServer: @unchecked Sendable {
     private let listenFD: Int32
     private let app: Application
     /// Every running worker thread, and whether it is waiting in accept (safe to interrupt).
-    private let workers = Mutex<[pthread_t: Bool]>([:])
+    private var workers: [pthread_t: Bool] = [:]
+    private let workersLock = Lock()
 
     /// SIGUSR1 interrupts a worker's accept() when the server drains, so it stops taking
     /// connections from a socket systemd still owns. A handler that does nothing, installed
@@ -65,16 +65,20 @@ public final class FastCGIServer: @unchecked Sendable {
         action.__sigaction_handler.sa_handler = { _ in }
         sigemptyset(&action.sa_mask)
         action.sa_flags = 0
-        sigaction(wakeSignal, &action, nil)
+        precondition(sigaction(wakeSignal, &action, nil) == 0, "sigaction: \(String(cString: strerror(errno)))")
     }
 
-    public var runningWorkers: Int { workers.withLock { $0.count } }
+    public var runningWorkers: Int { workersLock.withLock { workers.count } }
 
     /// Interrupts the workers waiting for a connection; busy ones see `isDraining` when done.
     public func wakeIdleWorkers() {
-        workers.withLock { all in
-            for (thread, idle) in all where idle { pthread_kill(thread, Self.wakeSignal) }
+        workersLock.withLock {
+            for (thread, idle) in workers where idle { pthread_kill(thread, Self.wakeSignal) }
         }
+    }
+
+    private func setWorker(_ thread: pthread_t, idle: Bool?) {
+        workersLock.withLock { workers[thread] = idle }
     }
     /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
     private static let threadStackBytes = 256 << 10
@@ -93,27 +97,30 @@ public final class FastCGIServer: @unchecked Sendable {
 
     private func serve() {
         let worker = Worker(app: app)
-        // Heap-allocated: the exchange keeps a pointer to it for the life of the thread.
+        // Heap-allocated: libfcgi keeps pointers into it for the life of the thread.
         let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
         request.initialize(to: FCGX_Request())
+        defer { request.deallocate() }
         guard FCGX_InitRequest(request, listenFD, Int32(FCGI_FAIL_ACCEPT_ON_INTR)) == 0 else {
             Log.error("FCGX_InitRequest failed")
             return
         }
+        // Frees the request's streams and parameters, closing a connection still open.
+        defer { FCGX_Free(request, 1) }
         let thread = pthread_self()
-        workers.withLock { $0[thread] = false }
-        defer { workers.withLock { $0[thread] = nil } }
+        setWorker(thread, idle: false)
+        defer { setWorker(thread, idle: nil) }
         // The wake signal may only interrupt accept(), never a request's reads and writes.
         var wakeSignalOnly = sigset_t()
         sigemptyset(&wakeSignalOnly)
         sigaddset(&wakeSignalOnly, Self.wakeSignal)
-        pthread_sigmask(SIG_BLOCK, &wakeSignalOnly, nil)
+        System.setSignalMask(SIG_BLOCK, wakeSignalOnly)
         while !app.lifecycle.isDraining {
-            workers.withLock { $0[thread] = true }
-            pthread_sigmask(SIG_UNBLOCK, &wakeSignalOnly, nil)
+            setWorker(thread, idle: true)
+            System.setSignalMask(SIG_UNBLOCK, wakeSignalOnly)
             let accepted = FCGX_Accept_r(request)
-            pthread_sigmask(SIG_BLOCK, &wakeSignalOnly, nil)
-            workers.withLock { $0[thread] = false }
+            System.setSignalMask(SIG_BLOCK, wakeSignalOnly)
+            setWorker(thread, idle: false)
             guard accepted >= 0 else {
                 if app.lifecycle.isDraining { return }
                 // EMFILE and friends: back off instead of spinning.
@@ -132,11 +139,10 @@ public final class FastCGIServer: @unchecked Sendable {
             }
             exchange.finish()
             log.status = exchange.status
-            // libfcgi closes with a lingering close: shut down our side, then wait for nginx to
-            // close first, so that input we never read cannot turn into a connection reset that
-            // loses the answer. With the input read to its end a plain close is as safe, and
-            // saves a sleep, a wake-up and three system calls per request. (FCGX_Detach only
-            // marks the request for that; the flag is cleared with the connection.)
+            // libfcgi closes with a lingering close, so that input we never read cannot turn
+            // into a connection reset that loses the answer. With the input read to its end a
+            // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks
+            // the request for that; the flag is cleared with the connection.)
             if exchange.inputFullyRead { FCGX_Detach(request) }
             FCGX_Finish_r(request)
             app.lifecycle.requestEnded()

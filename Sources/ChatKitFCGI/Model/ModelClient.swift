@@ -85,7 +85,7 @@ public final class ModelClient: ChatModel {
     private let settings: Settings
     private let http: HTTPClient
     /// The largest error body we keep from a failing server.
-    private static let errorBodyLimit = 64 << 10
+    static let errorBodyLimit = 64 << 10
     /// The most stream data one answer may carry; a server that sends more is broken.
     static let answerByteLimit = 32 << 20
 
@@ -131,72 +131,16 @@ public final class ModelClient: ChatModel {
         request.connectTimeoutMilliseconds = settings.connectTimeoutMilliseconds
         request.stallTimeoutSeconds = settings.stallTimeoutSeconds
 
-        var decoder = SSEDecoder()
-        var accumulator = ToolCallAccumulator()
-        var sawDone = false
-        var answerBytes = 0
-        var failure: ModelError?
-        var status = 0
-        var errorBody: [UInt8] = []
-
-        func handle(_ event: SSEEvent) -> Bool {
-            // Read to the end after [DONE], so the connection stays reusable for the next request.
-            if sawDone { return true }
-            if event.dataBytes.starts(with: "[DONE]".utf8) {
-                sawDone = true
-                return true
-            }
-            do throws(ModelError) {
-                let chunk = try event.dataBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
-                    try ChatCompletionChunk(bytes: bytes)
-                }
-                turn.text += chunk.content ?? ""
-                turn.refusal += chunk.refusal ?? ""
-                answerBytes += event.dataBytes.count
-                guard answerBytes <= Self.answerByteLimit else { throw .streamError("the answer is larger than we accept") }
-                accumulator.add(chunk.toolCalls)
-                if let reason = chunk.finishReason { turn.finishReason = reason }
-                if let usage = chunk.usage { turn.usage = usage }
-                // A payload spread over several data lines is re-encoded onto one line for our client
-                // (the chunk was read, so it parses).
-                let payload = event.spansLines ? ((try? JSON.parse(event.dataBytes))?.serializedBytes ?? []) : event.dataBytes
-                if !observer.modelChunk(payload: payload, parsed: chunk) {
-                    failure = .cancelled
-                    return false
-                }
-                return true
-            } catch {
-                failure = error
-                return false
-            }
-        }
-
+        let reader = AnswerReader(observer: observer)
         let head: HTTPResponseHead
         do throws(TransferError) {
-            head = try http.perform(
-                request, watch: observer.clientDescriptor, outputHasRoom: { observer.outputHasRoom },
-                onTick: { observer.idle(canWrite: $0) },
-                onHead: { status = $0.status }
-            ) { bytes in
-                guard (200..<300).contains(status) else {
-                    errorBody.append(contentsOf: bytes.prefix(Self.errorBodyLimit - errorBody.count))
-                    return true
-                }
-                var keepGoing = true
-                decoder.feed(bytes) { event in
-                    if keepGoing { keepGoing = handle(event) }
-                }
-                if decoder.pendingBytes > Self.answerByteLimit {
-                    failure = .streamError("a stream record is larger than we accept")
-                    return false
-                }
-                return keepGoing
-            }
+            head = try http.perform(request, into: reader)
         } catch {
-            if let failure { throw failure }
+            turn = reader.turn
+            if let failure = reader.failure { throw failure }
             // A complete answer stays complete whatever happens to the connection afterwards.
-            if sawDone || turn.finishReason != nil, error != .watchedDescriptorReady {
-                turn.toolCalls = accumulator.finish()
+            if reader.isComplete, error != .watchedDescriptorReady {
+                turn.toolCalls = reader.accumulator.finish()
                 return
             }
             switch error {
@@ -205,14 +149,13 @@ public final class ModelClient: ChatModel {
             case .transport(let message): throw .unreachable(message)
             }
         }
+        turn = reader.turn
         guard (200..<300).contains(head.status) else {
-            throw .http(status: head.status, message: Self.errorMessage(errorBody), retryAfter: head.headers["retry-after"])
+            throw .http(status: head.status, message: Self.errorMessage(reader.errorBody), retryAfter: head.headers["retry-after"])
         }
-        if let failure { throw failure }
-        guard sawDone || turn.finishReason != nil else {
-            throw .streamError("the stream ended before the answer was finished")
-        }
-        turn.toolCalls = accumulator.finish()
+        if let failure = reader.failure { throw failure }
+        guard reader.isComplete else { throw .streamError("the stream ended before the answer was finished") }
+        turn.toolCalls = reader.accumulator.finish()
     }
 
     private static func errorMessage(_ body: [UInt8]) -> String {
@@ -220,5 +163,81 @@ public final class ModelClient: ChatModel {
             return message
         }
         return body.isEmpty ? "no body" : String(decoding: body.prefix(200), as: UTF8.self)
+    }
+}
+
+/// Reads one streamed answer as libcurl delivers it: decodes the SSE records, accumulates the
+/// turn, and relays each chunk to the observer. Runs on the transfer loop's thread while the
+/// worker that asked for the answer waits, which then reads what it gathered.
+final class AnswerReader: TransferConsumer {
+    private let observer: ModelStreamObserver
+    private(set) var turn = ModelTurn()
+    private(set) var accumulator = ToolCallAccumulator()
+    /// Set when reading stopped for a reason of our own (a broken chunk, a client gone).
+    private(set) var failure: ModelError?
+    private(set) var errorBody: [UInt8] = []
+    private var decoder = SSEDecoder()
+    private var sawDone = false
+    private var answerBytes = 0
+    private var status = 0
+
+    init(observer: ModelStreamObserver) {
+        self.observer = observer
+    }
+
+    /// The server said the answer is finished.
+    var isComplete: Bool { sawDone || turn.finishReason != nil }
+
+    var watchedDescriptor: Int32? { observer.clientDescriptor }
+    var outputHasRoom: Bool { observer.outputHasRoom }
+    func tick(outputHasRoom: Bool) -> Bool { observer.idle(canWrite: outputHasRoom) }
+    func head(_ head: HTTPResponseHead) { status = head.status }
+
+    func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard (200..<300).contains(status) else {
+            errorBody.append(contentsOf: bytes.prefix(ModelClient.errorBodyLimit - errorBody.count))
+            return true
+        }
+        var keepGoing = true
+        decoder.feed(bytes) { event in
+            if keepGoing { keepGoing = handle(event) }
+        }
+        if decoder.pendingBytes > ModelClient.answerByteLimit {
+            failure = .streamError("a stream record is larger than we accept")
+            return false
+        }
+        return keepGoing
+    }
+
+    private func handle(_ event: SSEEvent) -> Bool {
+        // Read to the end after [DONE], so the connection stays reusable for the next request.
+        if sawDone { return true }
+        if event.dataBytes.starts(with: "[DONE]".utf8) {
+            sawDone = true
+            return true
+        }
+        do throws(ModelError) {
+            let chunk = try event.dataBytes.withUnsafeBufferPointer { bytes throws(ModelError) in
+                try ChatCompletionChunk(bytes: bytes)
+            }
+            turn.text += chunk.content ?? ""
+            turn.refusal += chunk.refusal ?? ""
+            answerBytes += event.dataBytes.count
+            guard answerBytes <= ModelClient.answerByteLimit else { throw .streamError("the answer is larger than we accept") }
+            accumulator.add(chunk.toolCalls)
+            if let reason = chunk.finishReason { turn.finishReason = reason }
+            if let usage = chunk.usage { turn.usage = usage }
+            // A payload spread over several data lines is re-encoded onto one line for our client
+            // (the chunk was read, so it parses).
+            let payload = event.spansLines ? ((try? JSON.parse(event.dataBytes))?.serializedBytes ?? []) : event.dataBytes
+            if !observer.modelChunk(payload: payload, parsed: chunk) {
+                failure = .cancelled
+                return false
+            }
+            return true
+        } catch {
+            failure = error
+            return false
+        }
     }
 }

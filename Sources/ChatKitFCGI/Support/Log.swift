@@ -10,8 +10,16 @@ public enum Log {
     static let maximumLineBytes = 2048
 
     private static func write(_ level: String, _ message: String) {
-        let bytes = line(level, message)
-        bytes.withUnsafeBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+        toStandardError(line(level, message))
+    }
+
+    /// A whole line per call: a pipe takes up to 4 KiB in one piece, so lines written by
+    /// many threads never interleave.
+    static func toStandardError(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { buffer in
+            // On failure stderr is closed or full: there is nowhere left to say so.
+            _ = try? System.writeAll(2, buffer)
+        }
     }
 
     static func line(_ level: String, _ message: String) -> [UInt8] {
