@@ -9,7 +9,7 @@ import Glibc
 ///
 /// Writes never block this thread: a socket that is full keeps its bytes until it polls
 /// writable, and a peer that reads nothing for `stuckTimeout` ends its stream. A peer that
-/// closes ends its stream at once (EPOLLRDHUP), as the pause used to notice.
+/// closes ends its stream at once (EPOLLRDHUP).
 ///
 /// `@unchecked Sendable`: streams arrive through `submitted`; all other state belongs to the
 /// pacer's thread.

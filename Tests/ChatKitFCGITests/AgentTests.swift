@@ -8,13 +8,22 @@ final class ScriptedModel: ChatModel {
 
     init(_ answers: [ModelTurn]) { self.answers = answers }
 
+    /// Streams the answer's text a word at a time. A client that refuses a chunk cancels the
+    /// turn, which then holds the words it took and no tool calls, as the real client's does.
     func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
         received.append(messages)
         let answer = answers.removeFirst()
-        for word in answer.text.split(separator: " ") {
-            var chunk = try! ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(String(word))]]]])
-            chunk.content = String(word)
-            if !observer.modelChunk(payload: Array("{}".utf8), parsed: chunk) { var cut = answer; cut.failure = .cancelled; return cut }
+        var delivered = ""
+        for (index, word) in answer.text.split(separator: " ").enumerated() {
+            let piece = index == 0 ? String(word) : " " + word
+            let chunk = try! ChatCompletionChunk(["choices": [["index": 0, "delta": ["content": .string(piece)]]]])
+            guard observer.modelChunk(payload: Array("{}".utf8), parsed: chunk) else {
+                var cut = ModelTurn()
+                cut.text = delivered
+                cut.failure = .cancelled
+                return cut
+            }
+            delivered += piece
         }
         return answer
     }
@@ -23,10 +32,14 @@ final class ScriptedModel: ChatModel {
 final class RecordingObserver: AgentObserver {
     var chunks = 0
     var toolResults: [(ToolCall, Result<JSON, ToolError>)] = []
-    var acceptChunks = true
+    /// How many chunks the client takes before it goes away.
+    var chunksAccepted = Int.max
     var clientDescriptor: Int32? { nil }
     var outputHasRoom: Bool { true }
-    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { chunks += 1; return acceptChunks }
+    func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool {
+        chunks += 1
+        return chunks <= chunksAccepted
+    }
     func idle(canWrite: Bool) -> Bool { true }
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) { toolResults.append((call, result)) }
 }
@@ -106,9 +119,19 @@ final class RecordingObserver: AgentObserver {
 
     @Test func aClientThatGoesAwayCancelsTheTurnAndKeepsThePartialText() throws {
         let observer = RecordingObserver()
-        observer.acceptChunks = false
-        let (summary, stored) = try run(ScriptedModel([turn(text: "first words")]), observer: observer)
+        observer.chunksAccepted = 2
+        let model = ScriptedModel([turn(text: "first words never seen", calls: [ToolCall(id: "c", name: "list_tasks", arguments: "{}")])])
+        let (summary, stored) = try run(model, observer: observer)
         #expect(summary.end == .failed(.cancelled))
         #expect(stored == [ChatMessage(role: .assistant, content: "first words"), ChatMessage(role: .system, content: Agent.cutOffNote)])
+        #expect(observer.toolResults.isEmpty, "no tool of a cancelled turn runs")
+    }
+
+    @Test func aClientGoneBeforeAnyTextLeavesNothingToKeep() throws {
+        let observer = RecordingObserver()
+        observer.chunksAccepted = 0
+        let (summary, stored) = try run(ScriptedModel([turn(text: "unseen answer")]), observer: observer)
+        #expect(summary.end == .failed(.cancelled))
+        #expect(stored.isEmpty)
     }
 }

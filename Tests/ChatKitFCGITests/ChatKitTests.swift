@@ -116,10 +116,13 @@ import Testing
     }
 
     @Test func operatorsConfigureClientToolsAsJSON() throws {
-        let tools = try ClientTool.parseList(#"[{"name":"get_selection","description":"d","parameters":{"type":"object"}}]"#).get()
+        let taken: Set<String> = ["add_task"]
+        let tools = try ClientTool.parseList(#"[{"name":"get_selection","description":"d","parameters":{"type":"object"}}]"#,
+                                             takenNames: taken).get()
         #expect(tools.map(\.name) == ["get_selection"])
-        for bad in ["{}", #"[{"name":"add_task"}]"#, #"[{"name":"has space"}]"#, #"[{"name":"x","parameters":{"type":"string"}}]"#] {
-            #expect(throws: ToolError.self) { try ClientTool.parseList(bad).get() }
+        for bad in ["{}", #"[{"name":"add_task"}]"#, #"[{"name":"has space"}]"#, #"[{"name":"x","parameters":{"type":"string"}}]"#,
+                    #"[{"name":"x"},{"name":"x"}]"#] {
+            #expect(throws: ToolError.self) { try ClientTool.parseList(bad, takenNames: taken).get() }
         }
     }
 }
@@ -142,13 +145,15 @@ import Testing
         let call = ToolCall(id: "call_1", name: "get_selection", arguments: "{}")
         let conversation = try store.createConversation(userID: "u", title: "")
         // As the ChatKit stream stores it: the call for the model, then its item for the UI.
-        try store.append([ConversationEntry(ChatMessage(role: .assistant, content: nil, toolCalls: [call])),
-                          ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: "tc_1", audience: .client,
-                                            item: ChatKitStream.clientToolCallBody(call, status: "pending", output: nil))],
+        var pending = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: "tc_1", audience: .client,
+                                        item: ChatKitStream.clientToolCallBody(call, status: "pending", output: nil))
+        pending.awaitingResult = true
+        try store.append([ConversationEntry(ChatMessage(role: .assistant, content: nil, toolCalls: [call])), pending],
                          to: conversation.id)
+        #expect(try store.latestVisibleEntry(conversationID: conversation.id)?.awaitingResult == true)
         func answer() throws -> Bool {
-            try store.completeClientToolCall(
-                conversationID: conversation.id, itemID: "tc_1",
+            try store.resolve(
+                awaitingEntry: "tc_1", in: conversation.id,
                 item: ChatKitStream.clientToolCallBody(call, status: "completed", output: ["n": 1]),
                 result: ConversationEntry(ChatMessage(role: .tool, content: #"{"n":1}"#, toolCallID: "call_1")))
         }
@@ -156,7 +161,8 @@ import Testing
         #expect(try !answer())
         let results = try store.recentMessages(conversationID: conversation.id, limit: 10).filter { $0.role == .tool }
         #expect(results.count == 1)
-        #expect(try store.entry(conversationID: conversation.id, itemID: "tc_1")?.item?["status"] == "completed")
+        let answered = try store.entry(conversationID: conversation.id, itemID: "tc_1")
+        #expect(answered?.item?["status"] == "completed" && answered?.awaitingResult == false)
     }
 }
 

@@ -101,23 +101,39 @@ import Testing
         for step in SQLiteStore.migrations.prefix(2) { try setup.execute(step) }
         try setup.execute("PRAGMA user_version = 2")
         try setup.execute("INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES ('thr_x', 'alice', 't', 1, 1)")
+        // A client tool call still waiting for the browser's answer, and one answered.
+        for (id, status) in [("tc_open", "pending"), ("tc_done", "completed")] {
+            try setup.execute("""
+                INSERT INTO messages (conversation_id, public_id, audience, role, item, created_at)
+                VALUES (1, '\(id)', 'client', 'assistant', '{"type":"client_tool_call","status":"\(status)","call_id":"c","name":"n","arguments":{}}', 1)
+                """)
+        }
         let store = try SQLiteStore(path: file.path)
         try store.migrate()
         #expect(store.schemaVersion == SQLiteStore.migrations.count)
         #expect(try store.conversation(publicID: "thr_x", userID: "alice")?.title == "t")
+        #expect(try store.entry(conversationID: 1, itemID: "tc_open")?.awaitingResult == true)
+        #expect(try store.entry(conversationID: 1, itemID: "tc_done")?.awaitingResult == false)
         let indexes = try setup.query("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'") { $0.text(0) ?? "" }
         #expect(Set(indexes) == ["conversations_by_user", "conversations_by_public_id", "messages_by_conversation", "tasks_by_user"])
     }
 
-    /// Listing a user's threads walks an index in order: no sort, however many threads.
-    @Test func threadsAreListedInIndexOrder() throws {
+    /// Listing a user's threads, or a thread's items, walks an index in order: no sort, however
+    /// many rows. Asked of the very queries the store runs.
+    @Test(arguments: [SortOrder.asc, .desc])
+    func pagesAreReadInIndexOrder(_ order: SortOrder) throws {
         let store = try database.store()
         _ = try store.createConversation(userID: "alice", title: "t")
         let connection = try SQLiteConnection(path: database.path)
-        let plan = try connection.query(
-            "EXPLAIN QUERY PLAN SELECT id FROM conversations WHERE user_id = ? AND id > ? ORDER BY id DESC LIMIT 5",
-            ["alice", 0]) { $0.text(3) ?? "" }
-        #expect(plan.contains { $0.contains("conversations_by_user") } && !plan.contains { $0.contains("TEMP B-TREE") }, "\(plan)")
+        func plan(_ sql: String, _ arguments: [SQLValue]) throws -> [String] {
+            try connection.query("EXPLAIN QUERY PLAN " + sql, arguments) { $0.text(3) ?? "" }
+        }
+        let threads = try plan(SQLiteStore.conversationsPage(order), ["alice", 1, 1, 5])
+        #expect(threads.contains { $0.contains("conversations_by_user") } && !threads.contains { $0.contains("TEMP B-TREE") },
+                "\(threads)")
+        let items = try plan(SQLiteStore.entriesPage(order), [1, 1, 1, 5])
+        #expect(items.contains { $0.contains("messages_by_conversation") } && !items.contains { $0.contains("TEMP B-TREE") },
+                "\(items)")
     }
 }
 
@@ -140,6 +156,8 @@ import Testing
         try reader.connection.execute("BEGIN")
         #expect(try reader.connection.query("SELECT count(*) FROM t") { $0.integer(0) } == [100])
         try writer.run("INSERT INTO t VALUES (100)")
+        // Not a synchronisation: whether the reader leaves before the RESTART or while it waits
+        // (the usual case), the next commit must start the WAL over.
         DetachedThread.start(stackBytes: 256 << 10) {
             usleep(50_000)
             try? reader.connection.execute("COMMIT")
@@ -158,34 +176,42 @@ import Testing
     /// What one writing thread got back.
     final class Outcome: @unchecked Sendable {
         var error: (any Error)?
-        let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
-        init() { sem_init(done, 0, 0) }
-        deinit { sem_destroy(done); done.deallocate() }
+        let done = Semaphore()
 
         /// False when the write did not come back within 10 s (a lost hand-over).
-        func wait() -> Bool {
-            var deadline = timespec()
-            clock_gettime(CLOCK_REALTIME, &deadline)
-            deadline.tv_sec += 10
-            return sem_timedwait(done, &deadline) == 0
-        }
+        func wait() -> Bool { done.wait(seconds: 10) }
     }
 
-    /// Each thread writes `names` through its own connection; `before` runs inside the write.
-    static func write(_ names: [String], to database: SQLiteDatabase, before: @escaping @Sendable () -> Void = {}) -> Outcome {
+    /// Each thread writes `names` through the group commit; `before` runs inside the write,
+    /// `after` once the rows are in (and may fail the write).
+    static func write(_ names: [String], to database: SQLiteDatabase, before: @escaping @Sendable () -> Void = {},
+                      after: @escaping @Sendable (SQLiteConnection) throws -> Void = { _ in }) -> Outcome {
         let outcome = Outcome()
         DetachedThread.start(stackBytes: 512 << 10) {
             do {
                 try database.write { db in
                     before()
                     for name in names { try db.run("INSERT INTO t VALUES (?)", [.text(name)]) }
+                    try after(db)
                 }
             } catch {
                 outcome.error = error
             }
-            sem_post(outcome.done)
+            outcome.done.signal()
         }
         return outcome
+    }
+
+    /// Starts a write that commits alone and holds its commit until `waiting` more writes have
+    /// queued behind it, so that those go out as one group.
+    static func holdFirstCommit(of database: SQLiteDatabase, until waiting: Int) -> Outcome {
+        let firstIsCommitting = Outcome()
+        let first = write(["a"], to: database) {
+            firstIsCommitting.done.signal()
+            while database.waitingWrites < waiting { usleep(1000) }
+        }
+        precondition(firstIsCommitting.wait(), "the first write never started")
+        return first
     }
 
     @Test func writesCommittedTogetherFailAlone() throws {
@@ -193,15 +219,8 @@ import Testing
         let setup = try SQLiteConnection(path: file.path)
         try setup.execute("CREATE TABLE t (name TEXT NOT NULL CHECK (name != 'bad'))")
         let database = SQLiteDatabase(path: file.path)
-        // The first write commits alone and holds the commit until two more writes wait; those
-        // two then go out as one group, committed by one of their own threads. The second one
-        // stores a row and then breaks a constraint.
-        let firstIsCommitting = Outcome()
-        let first = Self.write(["a"], to: database) {
-            sem_post(firstIsCommitting.done)
-            while database.waitingWrites < 2 { usleep(1000) }
-        }
-        #expect(firstIsCommitting.wait())
+        // The second write stores a row and then breaks a constraint, in the group of the third.
+        let first = Self.holdFirstCommit(of: database, until: 2)
         let failing = Self.write(["b1", "bad"], to: database)
         let last = Self.write(["c"], to: database)
 
@@ -211,31 +230,36 @@ import Testing
         #expect(try setup.query("SELECT name FROM t ORDER BY name") { $0.text(0) } == ["a", "c"])
     }
 
-    /// A write whose changes cannot be undone on their own must not be committed with its group.
+    /// A write whose changes cannot be undone on their own must not be committed with its
+    /// group: the whole group fails, and every write in it is told so.
     @Test func aWriteThatCannotBeUndoneAloneFailsItsGroup() throws {
         let file = TemporaryDatabase()
         let setup = try SQLiteConnection(path: file.path)
         try setup.execute("CREATE TABLE t (name TEXT NOT NULL)")
         let database = SQLiteDatabase(path: file.path)
         struct Refused: Error {}
+        let first = Self.holdFirstCommit(of: database, until: 2)
         // Releasing its own savepoint makes `ROLLBACK TO` fail with the row already merged
         // into the group's transaction.
-        #expect(throws: (any Error).self) {
-            try database.write { db in
-                try db.run("INSERT INTO t VALUES ('half')")
-                try db.run("RELEASE one_write")
-                throw Refused()
-            }
-        }
-        #expect(try setup.query("SELECT name FROM t") { $0.text(0) } == [])
+        let breaking = Self.write(["half"], to: database, after: { db in
+            try db.run("RELEASE one_write")
+            throw Refused()
+        })
+        let bystander = Self.write(["innocent"], to: database)
+
+        #expect(first.wait() && breaking.wait() && bystander.wait())
+        #expect(first.error == nil)
+        #expect(breaking.error != nil && bystander.error != nil, "a write of a rolled-back group was reported done")
+        #expect(try setup.query("SELECT name FROM t") { $0.text(0) } == ["a"])
     }
 }
 
 @Suite struct PublicIDTests {
     @Test func idsAreHexAfterTheirPrefixAndSortByTime() {
-        let first = PublicID.make("msg")
-        usleep(2000)
-        let second = PublicID.make("msg")
+        let first = PublicID.make(.message)
+        let firstMilliseconds = Int64(first.dropFirst(4).prefix(12), radix: 16) ?? 0
+        while Clock.unixMilliseconds() <= firstMilliseconds {}  // the next id falls in a later millisecond
+        let second = PublicID.make(.message)
         for id in [first, second] {
             #expect(id.hasPrefix("msg_") && id.count == 4 + 28)
             #expect(id.dropFirst(4).allSatisfy { "0123456789abcdef".contains($0) })
@@ -243,6 +267,6 @@ import Testing
         #expect(first < second, "a later id must sort after an earlier one")
         let stamp = Int64(first.dropFirst(4).prefix(12), radix: 16) ?? 0
         #expect(abs(stamp - Int64(Clock.unixTime() * 1000)) < 1000, "the first 12 digits are the milliseconds")
-        #expect(Set((0..<1000).map { _ in PublicID.make("thr") }).count == 1000)
+        #expect(Set((0..<1000).map { _ in PublicID.make(.conversation) }).count == 1000)
     }
 }

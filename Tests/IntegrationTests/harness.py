@@ -209,7 +209,7 @@ def raw_post(port, path, payload, token):
 
 
 def read_sse(response):
-    """The seed client's way: every line that starts with `data: `, with its arrival time."""
+    """As a plain SSE client reads: every line that starts with `data: `, with its arrival time."""
     records = []
     for line in response.iter_lines():
         if line.startswith("data: "):

@@ -170,7 +170,7 @@ def test_a_client_disconnect_stops_the_upstream_and_keeps_the_partial_answer(sta
     assert tuple(last) == ("system", "Your previous answer was cut off before it was complete.")
 
 
-def test_the_seeds_curl_command_streams(stack, alice):
+def test_the_readmes_curl_command_streams(stack, alice):
     out = subprocess.run(
         ["curl", "-sN", f"{stack.base_url}/api/chat", "-H", f"Authorization: {alice['Authorization']}",
          "-H", "Content-Type: application/json",

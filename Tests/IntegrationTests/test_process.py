@@ -227,10 +227,10 @@ def test_help_version_and_migrate(bare, tmp_path):
     database = tmp_path / "fresh.db"
     migrated = subprocess.run([bare.binary, "migrate"], env={**bare.env, "DATABASE_URL": f"sqlite://{database}"},
                               capture_output=True, text=True)
-    assert migrated.returncode == 0 and "schema version 0 -> 3" in migrated.stdout
+    assert migrated.returncode == 0 and "schema version 0 -> 4" in migrated.stdout
     again = subprocess.run([bare.binary, "migrate"], env={**bare.env, "DATABASE_URL": f"sqlite://{database}"},
                            capture_output=True, text=True)
-    assert "schema version 3 -> 3" in again.stdout
+    assert "schema version 4 -> 4" in again.stdout
     unknown = subprocess.run([bare.binary, "serve", "--sockets", "x"], capture_output=True, text=True, env=bare.env)
     assert unknown.returncode == 64 and "unknown option --sockets" in unknown.stderr
 

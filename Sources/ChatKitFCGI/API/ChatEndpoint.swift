@@ -51,10 +51,19 @@ public struct ChatRequest: Equatable {
 }
 
 /// `POST /api/chat`: one user turn, answered as a Server-Sent Events stream.
-struct ChatEndpoint {
+struct ChatEndpoint: Endpoint {
     let worker: Worker
 
-    func handle(_ request: HTTPRequest, user: String, writer: ResponseWriter, log: inout RequestLog) throws {
+    var allowedMethods: [String] { ["POST"] }
+
+    /// After the stream started: an error record, then the end of the stream.
+    func reportInBand(_ error: APIError, to sse: SSEWriter) {
+        sse.send(["type": "error", "code": "internal_error", "detail": .string(error.detail)])
+        sse.done()
+    }
+
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+        let user = try worker.app.verifier.verify(authorizationHeader: request.headers["authorization"]).subject
         guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
         let chat = try ChatRequest(body: request.body)
         let store = try worker.store()
@@ -74,7 +83,7 @@ struct ChatEndpoint {
             history = [.user(chat.message)]  // just written: no need to read it back
         }
 
-        let stream = ChatStream(conversationID: conversation.id, writer: writer, worker: worker)
+        let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
         let summary = try worker.chatAgent.run(
             history: history, context: ToolContext(userID: user, store: store), observer: stream
         ) { messages in try store.append(messages, to: conversation.id) }
@@ -86,23 +95,20 @@ struct ChatEndpoint {
 
 /// Turns agent events into the /api/chat record stream. The head is written lazily, so a model
 /// failure before any output can still be an HTTP status with a JSON body.
-final class ChatStream: AgentObserver {
+final class ChatStream: TurnStream {
     private let conversationID: Int64
-    private let writer: ResponseWriter
-    private let sse: SSEWriter
-    private let worker: Worker
+    let writer: ResponseWriter
+    let sse: SSEWriter
+    let app: Application
 
-    init(conversationID: Int64, writer: ResponseWriter, worker: Worker) {
+    init(conversationID: Int64, writer: ResponseWriter, app: Application) {
         self.conversationID = conversationID
         self.writer = writer
         self.sse = SSEWriter(writer: writer)
-        self.worker = worker
+        self.app = app
     }
 
-    var clientDescriptor: Int32? { writer.clientDescriptor }
-    var outputHasRoom: Bool { writer.hasRoom }
-
-    private func startIfNeeded() {
+    func startIfNeeded() {
         guard !sse.started else { return }
         sse.start(extraHeaders: [("X-Conversation-Id", String(conversationID))])
         // Every caller sends a record next: both leave in one write.
@@ -126,35 +132,23 @@ final class ChatStream: AgentObserver {
         sse.send(.object(record))
     }
 
-    func idle(canWrite: Bool) -> Bool {
-        if worker.app.lifecycle.graceExpired { return false }
-        if canWrite, sse.isQuiet(for: worker.app.config.keepaliveSeconds) {
-            startIfNeeded()
-            return sse.keepalive()
-        }
-        return !sse.clientGone
-    }
-
     func finish(_ end: TurnEnd, log: inout RequestLog) {
-        switch end {
-        case .answered, .awaitingClientTool:  // this face offers the model no client tools
+        switch ending(of: end, log: &log) {
+        case .answered:  // this face offers the model no client tools
             startIfNeeded()
             sse.done()
         case .roundLimitReached(let rounds):
-            log.note = "round limit"
             startIfNeeded()
             sse.send(["type": "error", "code": "max_tool_rounds",
                       "detail": .string("stopped after \(rounds) model rounds without a final answer")])
             sse.done()
-        case .failed(.cancelled) where worker.app.lifecycle.graceExpired:
-            log.note = "ended by shutdown"
+        case .serverShutdown:
             startIfNeeded()
             sse.send(["type": "error", "code": "server_shutdown", "detail": "the server is restarting; ask again"])
             sse.done()
-        case .failed(.cancelled):
-            log.note = "client disconnected"
+        case .clientGone:
+            break
         case .failed(let error):
-            log.note = error.description
             let apiError = APIError.model(error)
             if sse.started {
                 sse.send(["type": "error", "code": "upstream_error", "detail": .string(apiError.detail)])

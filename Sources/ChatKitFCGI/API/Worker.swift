@@ -1,5 +1,5 @@
-/// What one worker thread owns: its SQLite connection and its libcurl handles, opened on first
-/// use and reused for every request the thread serves. Routing happens here.
+/// What one worker thread owns: its store connection and its libcurl handle, opened on first
+/// use and reused for every request the thread serves; and the router, which picks the face.
 public final class Worker {
     public let app: Application
     private var openStore: SQLiteStore?
@@ -32,65 +32,36 @@ public final class Worker {
               clientTools: clientTools)
     }
 
-    /// Serves one request. Every failure ends as a JSON error before the stream starts, or as an
-    /// in-band error record after it; nothing escapes to the edge.
+    /// Serves one request. Every failure ends as the face's JSON error before the stream
+    /// starts, or as its in-band error after; nothing escapes to the edge.
     public func handle(_ request: HTTPRequest, writer: ResponseWriter) -> RequestLog {
         var log = RequestLog(method: request.method, path: request.path)
+        let endpoint = endpoint(for: request.path)
         do {
-            try route(request, writer: writer, log: &log)
+            guard let endpoint else { throw APIError.notFound("no such endpoint: \(request.path)") }
+            guard endpoint.accepts(request) else { throw APIError.methodNotAllowed(allowed: endpoint.allowedMethods) }
+            // Once draining, this instance starts nothing new: the client retries on the next.
+            if app.lifecycle.isDraining { throw APIError.shuttingDown }
+            try endpoint.handle(request, writer: writer, log: &log)
         } catch {
-            let apiError: APIError
-            switch error {
-            case let known as APIError: apiError = known
-            case let auth as AuthError: apiError = .unauthorized(auth)
-            case StoreError.conversationDeleted: apiError = .notFound("the conversation was deleted")
-            default:
-                Log.error("\(request.method) \(request.path): \(error)")
-                apiError = .storageUnavailable
-            }
+            let apiError = APIError.reporting(error, of: request)
             if case .unauthorized(let reason, _) = apiError { log.note = reason.description }
-            if writer.headWritten {
-                // Each face reports in-band errors in its own protocol's terms.
-                let sse = SSEWriter(writer: writer)
-                if request.path == "/api/chatkit" {
-                    sse.send(["type": "error", "code": "stream.error", "allow_retry": true])
-                } else {
-                    sse.send(["type": "error", "code": "internal_error", "detail": .string(apiError.detail)])
-                    sse.done()
-                }
+            if let endpoint {
+                endpoint.fail(apiError, request: request, writer: writer)
             } else {
-                // A browser may only read the error (a 401 challenge, say) with CORS headers.
-                apiError.write(to: writer, headers: MCPEndpoint.corsHeaders(for: request, config: app.config))
+                apiError.write(to: writer)
             }
         }
         return log
     }
 
-    private func route(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
-        switch request.path {
-        case "/api/chat":
-            try require("POST", request)
-            if app.lifecycle.isDraining { throw APIError.shuttingDown }
-            let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
-            try ChatEndpoint(worker: self).handle(request, user: user.subject, writer: writer, log: &log)
-        case "/api/chatkit":
-            try require("POST", request)
-            let user = try app.verifier.verify(authorizationHeader: request.headers["authorization"])
-            try ChatKitEndpoint(worker: self, user: user.subject).handle(request, writer: writer, log: &log)
-        case "/api/mcp" where request.method == "OPTIONS" && request.headers["origin"] != nil:
-            try MCPEndpoint(worker: self).preflight(request, writer: writer)
-        case "/api/mcp":
-            try require("POST", request)
-            try MCPEndpoint(worker: self).handle(request, writer: writer)
-        case let path where MCPEndpoint.metadataPaths.contains(path):
-            try require("GET", request)
-            writer.writeJSON(status: 200, MCPEndpoint(worker: self).metadata(for: request))
-        default:
-            throw APIError.notFound("no such endpoint: \(request.path)")
+    private func endpoint(for path: String) -> (any Endpoint)? {
+        switch path {
+        case "/api/chat": ChatEndpoint(worker: self)
+        case "/api/chatkit": ChatKitEndpoint(worker: self)
+        case "/api/mcp": MCPEndpoint(worker: self)
+        case let path where ResourceMetadataEndpoint.paths.contains(path): ResourceMetadataEndpoint(config: app.config)
+        default: nil
         }
-    }
-
-    private func require(_ method: String, _ request: HTTPRequest) throws {
-        guard request.method == method else { throw APIError.methodNotAllowed(allowed: [method]) }
     }
 }

@@ -28,15 +28,16 @@ public struct ClientTool: Equatable, Sendable {
         Tool.functionDefinition(name: name, description: description, parameters: parameters)
     }
 
-    /// `[{"name": ..., "description": ..., "parameters": {JSON Schema}}]`, as operators configure them.
-    public static func parseList(_ text: String) -> Result<[ClientTool], ToolError> {
+    /// `[{"name": ..., "description": ..., "parameters": {JSON Schema}}]`, as operators configure
+    /// them; none may reuse one of `takenNames` (the server's own tools).
+    public static func parseList(_ text: String, takenNames: Set<String>) -> Result<[ClientTool], ToolError> {
         guard let list = (try? JSON.parse(text))?.arrayValue else { return .failure(ToolError("not a JSON list")) }
         var tools: [ClientTool] = []
         for entry in list {
             guard let name = entry["name"]?.stringValue, !name.isEmpty, name.count <= 64,
                 name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
             else { return .failure(ToolError("each tool needs a name of letters, digits, _ or -")) }
-            guard TaskTools.toolbox.tool(named: name) == nil, !tools.contains(where: { $0.name == name }) else {
+            guard !takenNames.contains(name), !tools.contains(where: { $0.name == name }) else {
                 return .failure(ToolError("tool name \(name) is already taken"))
             }
             let parameters = entry["parameters"] ?? ["type": "object", "properties": [:]]

@@ -1,4 +1,4 @@
-/// Mints HS256 tokens like the seed's tutorial setup, for development and tests.
+/// Mints HS256 tokens as Better Auth's shared-secret setup does, for development and tests.
 public enum DevToken {
     public static func mint(
         subject: String, secret: String, ttlSeconds: Int, issuer: String? = nil, audience: String? = nil,

@@ -124,10 +124,9 @@ public enum ChatKitCommand {
         _exit(0)
     }
 
-    /// glibc gives memory back to the kernel as soon as 128 KiB lie free at the top of an arena.
-    /// With hundreds of threads sharing a few arenas that happened on most requests, and the next
-    /// one faulted the pages back in (measured at 256 streams: 37 page faults per request, about
-    /// a tenth of the responder's CPU). Now only a surplus of 32 MiB goes back. An operator's own
+    /// glibc gives memory back to the kernel as soon as 128 KiB lie free at the top of an arena;
+    /// with hundreds of threads sharing a few arenas that happens on most requests, and the next
+    /// one faults the pages back in. Only a surplus of 32 MiB goes back. An operator's own
     /// `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` wins.
     private static func keepFreedMemory() {
         guard getenv("MALLOC_TRIM_THRESHOLD_") == nil, getenv("GLIBC_TUNABLES") == nil else { return }

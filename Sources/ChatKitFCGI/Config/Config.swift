@@ -29,7 +29,7 @@ public struct Config: Sendable {
     public var publicURL: String?
     public var mcpAllowedOrigins: [String] = []
     public var clientTools: [ClientTool] = []
-    public var titleStyle = Titles.Style.truncate
+    public var titleStyle = TitleStyle.truncate
 
     public static let defaultSystemPrompt = """
         You are a helpful assistant that manages the user's todo list. Use the tools to add, list, \
@@ -66,6 +66,10 @@ public struct Config: Sendable {
         ("CHATKIT_CLIENT_TOOLS", "JSON list of {name, description, parameters} tools the browser runs"),
         ("CHATKIT_TITLES", "thread titles: truncate (default) or model"),
     ]
+
+    /// How a new conversation gets its title: the first message cut short, or a few words the
+    /// model writes.
+    public enum TitleStyle: String, Sendable { case truncate, model }
 
     public init() {}
 
@@ -151,13 +155,13 @@ public struct Config: Sendable {
             .map { String($0.trimmed()) }.filter { !$0.isEmpty }
 
         if let text = value("CHATKIT_CLIENT_TOOLS") {
-            switch ClientTool.parseList(text) {
+            switch ClientTool.parseList(text, takenNames: Set(TaskTools.toolbox.tools.map(\.name))) {
             case .success(let tools): config.clientTools = tools
             case .failure(let problem): problems.append("CHATKIT_CLIENT_TOOLS: \(problem.message)")
             }
         }
         if let style = value("CHATKIT_TITLES") {
-            if let parsed = Titles.Style(rawValue: style) {
+            if let parsed = TitleStyle(rawValue: style) {
                 config.titleStyle = parsed
             } else {
                 problems.append("CHATKIT_TITLES=\(style) must be truncate or model")

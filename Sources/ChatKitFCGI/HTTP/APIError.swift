@@ -52,13 +52,28 @@ public enum APIError: Error, Equatable {
     public var headers: [(String, String)] {
         switch self {
         case .unauthorized(let error, let metadata):
-            var challenge = error == .missingToken ? ["Bearer"] : ["Bearer error=\"invalid_token\""]
-            if let metadata { challenge.append("resource_metadata=\"\(metadata)\"") }
-            return [("WWW-Authenticate", challenge.joined(separator: ", "))]
+            // RFC 6750 §3: the scheme, a space, then comma-separated parameters.
+            var parameters = error == .missingToken ? [] : ["error=\"invalid_token\""]
+            if let metadata { parameters.append("resource_metadata=\"\(metadata)\"") }
+            return [("WWW-Authenticate", parameters.isEmpty ? "Bearer" : "Bearer " + parameters.joined(separator: ", "))]
         case .methodNotAllowed(let allowed): return [("Allow", allowed.joined(separator: ", "))]
         case .model(.http(429, _, let retryAfter?)): return [("Retry-After", retryAfter)]
         case .storageUnavailable, .shuttingDown: return [("Retry-After", "1")]
         default: return []
+        }
+    }
+
+    /// What any error a request ends in is reported as. Anything but the API's own, token and
+    /// store errors is a storage or internal failure: logged here (never with user data, which
+    /// no error description carries), and reported as storage being unavailable.
+    static func reporting(_ error: any Error, of request: HTTPRequest) -> APIError {
+        switch error {
+        case let known as APIError: return known
+        case let auth as AuthError: return .unauthorized(auth)
+        case StoreError.conversationDeleted: return .notFound("the conversation was deleted")
+        default:
+            Log.error("\(request.method) \(request.path): \(error)")
+            return .storageUnavailable
         }
     }
 

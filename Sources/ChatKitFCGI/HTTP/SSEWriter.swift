@@ -2,6 +2,9 @@
 /// that come into being together (a lazily written head with its first record, the events that
 /// open an item) may leave in one write: `flush: false` holds a record for the next send.
 /// One buffer is reused for every record: this is the per-token path.
+///
+/// Used by one thread at a time: the worker before and after a model call, the transfer loop
+/// (through the face's stream observer) during it.
 public final class SSEWriter {
     private let writer: ResponseWriter
     private var buffer: [UInt8] = []

@@ -32,7 +32,9 @@ public struct ModelTurn {
     public var usage = ChatCompletionChunk.Usage()
 }
 
-/// What the model client reports while a stream runs.
+/// What the model client reports while a stream runs. Every method is called on the transfer
+/// loop's thread while the worker that started the call waits for it, so an observer is never
+/// used by two threads at once; it must never block, or every stream of the process would wait.
 public protocol ModelStreamObserver: AnyObject {
     /// A chunk as the server sent it (`payload` is the SSE data) plus what we parsed from it.
     /// Returns false when the chunk cannot be delivered (client gone).

@@ -52,19 +52,21 @@ public struct ConversationEntry: Equatable, Sendable {
     public enum Audience: String, Sendable { case everyone, model, client }
 
     public var message: ChatMessage
-    /// The ChatKit item id (`msg_…`, `wf_…`, `tc_…`, `shcx_…`).
+    /// The entry's public id (`msg_…`, `wf_…`, `tc_…`, `shcx_…`: ChatKit's item ids).
     public var itemID: String
     public var audience: Audience
-    /// The ChatKit item body, for rows a plain message cannot describe (workflows, client tool
-    /// calls, user input with tags). Without one the item is built from `message`.
+    /// The item body a face shows, for rows a plain message cannot describe (workflows, client
+    /// tool calls, user input with tags). Without one the item is built from `message`.
     public var item: JSON?
+    /// Waiting for a result only the client can give (a client tool call it has yet to answer).
+    public var awaitingResult = false
     /// Unix milliseconds. Stored as given, so a client shown the row before it was stored sees
     /// the same time afterwards; 0 stores the time of the write. Filled in when read back.
     public var createdAt: Int64 = 0
 
     public init(_ message: ChatMessage, itemID: String? = nil, audience: Audience? = nil, item: JSON? = nil) {
         self.message = message
-        self.itemID = itemID ?? PublicID.make("msg")
+        self.itemID = itemID ?? PublicID.make(.message)
         self.audience = audience ?? Self.defaultAudience(of: message)
         self.item = item
     }
@@ -83,7 +85,17 @@ public struct ConversationEntry: Equatable, Sendable {
 /// user's rows, and ordered by time, so each new id lands at the end of its unique index
 /// instead of on a random page (fewer pages read and written per commit).
 public enum PublicID {
-    public static func make(_ prefix: String) -> String {
+    /// What an id names; the prefixes are ChatKit's.
+    public enum Kind: String, Sendable {
+        case conversation = "thr"
+        case message = "msg"
+        case workflow = "wf"
+        case clientToolCall = "tc"
+        case hiddenNote = "shcx"
+    }
+
+    public static func make(_ kind: Kind) -> String {
+        let prefix = kind.rawValue
         let milliseconds = UInt64(Clock.unixMilliseconds())
         // The system generator (getrandom) is a CSPRNG too, at a fraction of OpenSSL's RAND_bytes.
         var generator = SystemRandomNumberGenerator()

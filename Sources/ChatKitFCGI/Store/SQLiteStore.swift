@@ -1,12 +1,12 @@
 /// The embedded store. One instance per worker thread, with a connection of its own for reads;
 /// writes go through the database's group commit.
 public final class SQLiteStore: Store {
-    private let db: SQLiteConnection
+    private let reader: SQLiteConnection
     private let database: SQLiteDatabase
 
     public init(database: SQLiteDatabase) throws {
         self.database = database
-        db = try SQLiteConnection(path: database.path)
+        reader = try SQLiteConnection(path: database.path)
     }
 
     public convenience init(path: String) throws {
@@ -14,9 +14,9 @@ public final class SQLiteStore: Store {
     }
 
     /// Every write goes through the database's group commit: `body` is handed the database's
-    /// writer connection, not this store's.
+    /// writer connection, not this store's reader.
     @discardableResult
-    private func write<T>(_ body: (SQLiteConnection) throws -> T) throws -> T {
+    private func write<T>(_ body: (_ writer: SQLiteConnection) throws -> T) throws -> T {
         try database.write(body)
     }
 
@@ -80,24 +80,30 @@ public final class SQLiteStore: Store {
         CREATE INDEX conversations_by_user ON conversations (user_id);
         DROP INDEX messages_by_public_id;
         """,
+        // Entries that wait for the client's result (a client tool call) say so themselves.
+        """
+        ALTER TABLE messages ADD COLUMN awaiting_result INTEGER NOT NULL DEFAULT 0 CHECK (awaiting_result IN (0, 1));
+        UPDATE messages SET awaiting_result = 1
+            WHERE json_extract(item, '$.type') = 'client_tool_call' AND json_extract(item, '$.status') = 'pending';
+        """,
     ]
 
-    public var schemaVersion: Int { Self.schemaVersion(of: db) }
+    public var schemaVersion: Int { Self.schemaVersion(of: reader) }
 
-    private static func schemaVersion(of db: SQLiteConnection) -> Int {
-        (try? db.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
+    private static func schemaVersion(of connection: SQLiteConnection) -> Int {
+        (try? connection.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
     }
 
     public func migrate() throws {
-        try write { db in
+        try write { writer in
             // Re-read inside the write lock: another responder may have migrated meanwhile.
-            let current = Self.schemaVersion(of: db)
+            let current = Self.schemaVersion(of: writer)
             guard current <= Self.migrations.count else {
                 throw SQLiteError(code: 1, message: "database schema \(current) is newer than this binary", sql: nil)
             }
             for (index, step) in Self.migrations.enumerated().dropFirst(current) {
-                try db.execute(step)
-                try db.execute("PRAGMA user_version = \(index + 1)")
+                try writer.execute(step)
+                try writer.execute("PRAGMA user_version = \(index + 1)")
             }
         }
     }
@@ -112,47 +118,53 @@ public final class SQLiteStore: Store {
             createdAt: row.integer(4), updatedAt: row.integer(5))
     }
 
-    public func createConversation(userID: String, title: String, first: [ConversationEntry]) throws -> Conversation {
+    public func createConversation(publicID: String, userID: String, title: String, first: [ConversationEntry]) throws
+        -> Conversation
+    {
         let now = Self.now()
-        let publicID = PublicID.make("thr")
-        let id = try write { db in
-            try db.run(
+        let id = try write { writer in
+            try writer.run(
                 "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                 [.text(publicID), .text(userID), .text(title), .integer(now), .integer(now)])
-            let id = db.lastInsertRowID
-            try insert(first, into: id, at: now, in: db)
+            let id = writer.lastInsertRowID
+            try insert(first, into: id, at: now, in: writer)
             return id
         }
         return Conversation(id: id, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
     }
 
     public func conversation(id: Int64, userID: String) throws -> Conversation? {
-        try db.query(
+        try reader.query(
             "SELECT \(Self.conversationColumns) FROM conversations WHERE id = ? AND user_id = ?",
             [.integer(id), .text(userID)], row: Self.conversation
         ).first
     }
 
     public func conversation(publicID: String, userID: String) throws -> Conversation? {
-        try db.query(
+        try reader.query(
             "SELECT \(Self.conversationColumns) FROM conversations WHERE public_id = ? AND user_id = ?",
             [.text(publicID), .text(userID)], row: Self.conversation
         ).first
     }
 
-    /// Row ids grow with creation time, so ordering by id is creation order with no ties.
+    /// Row ids grow with creation time, so ordering by id is creation order with no ties. The
+    /// index on user_id keeps its entries in id order, so no page needs a sort.
+    static func conversationsPage(_ order: SortOrder) -> String {
+        """
+        SELECT \(conversationColumns) FROM conversations
+        WHERE user_id = ? AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
+        ORDER BY id \(order.rawValue) LIMIT ?
+        """
+    }
+
     public func conversations(userID: String, limit: Int, after: String?, order: SortOrder) throws -> Page<Conversation>? {
         var cursor: Int64?
         if let after {
             guard let found = try conversation(publicID: after, userID: userID) else { return nil }
             cursor = found.id
         }
-        let rows = try db.query(
-            """
-            SELECT \(Self.conversationColumns) FROM conversations
-            WHERE user_id = ? AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
-            ORDER BY id \(order.rawValue) LIMIT ?
-            """,
+        let rows = try reader.query(
+            Self.conversationsPage(order),
             [.text(userID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
              .integer(Int64(limit + 1))],
             row: Self.conversation)
@@ -160,15 +172,15 @@ public final class SQLiteStore: Store {
     }
 
     public func rename(conversationID: Int64, title: String) throws {
-        try write { db in
-            try db.run(
+        try write { writer in
+            try writer.run(
                 "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
                 [.text(title), .integer(Self.now()), .integer(conversationID)])
         }
     }
 
     public func delete(conversationID: Int64) throws {
-        try write { db in try db.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)]) }
+        try write { writer in try writer.run("DELETE FROM conversations WHERE id = ?", [.integer(conversationID)]) }
     }
 
     // MARK: Messages
@@ -176,34 +188,34 @@ public final class SQLiteStore: Store {
     public func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws {
         guard !entries.isEmpty || title != nil else { return }
         let now = Self.now()
-        try write { db in
+        try write { writer in
             // First: a conversation deleted meanwhile is then told apart from a failing write.
-            let touched = try db.run(
+            let touched = try writer.run(
                 "UPDATE conversations SET updated_at = ?, title = coalesce(?, title) WHERE id = ?",
                 [.integer(now), title.map(SQLValue.text) ?? .null, .integer(conversationID)])
             guard touched == 1 else { throw StoreError.conversationDeleted }
-            try insert(entries, into: conversationID, at: now, in: db)
+            try insert(entries, into: conversationID, at: now, in: writer)
         }
     }
 
-    private func insert(_ entries: [ConversationEntry], into conversationID: Int64, at now: Int64, in db: SQLiteConnection) throws {
+    private func insert(_ entries: [ConversationEntry], into conversationID: Int64, at now: Int64, in connection: SQLiteConnection) throws {
         for entry in entries {
             let message = entry.message
-            try db.run(
+            try connection.run(
                 """
                 INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id,
-                                      item, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      item, awaiting_result, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
                  .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
-                 SQLValue(message.toolCallID), SQLValue(entry.item?.serialized),
+                 SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(entry.awaitingResult ? 1 : 0),
                  .integer(entry.createdAt != 0 ? entry.createdAt : now)])
         }
     }
 
     public func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage] {
-        let newestFirst = try db.query(
+        let newestFirst = try reader.query(
             """
             SELECT \(Self.entryColumns) FROM messages
             WHERE conversation_id = ? AND audience != 'client' ORDER BY id DESC LIMIT ?
@@ -212,7 +224,8 @@ public final class SQLiteStore: Store {
         return Array(newestFirst.reversed().map(\.message).trimmedToWholeToolTurns())
     }
 
-    private static let entryColumns = "role, content, tool_calls, tool_call_id, public_id, audience, item, created_at"
+    private static let entryColumns =
+        "role, content, tool_calls, tool_call_id, public_id, audience, item, awaiting_result, created_at"
 
     private static func entry(_ row: SQLiteRow) -> ConversationEntry {
         let message = ChatMessage(
@@ -221,43 +234,49 @@ public final class SQLiteStore: Store {
         var entry = ConversationEntry(
             message, itemID: row.text(4), audience: ConversationEntry.Audience(rawValue: row.text(5) ?? "") ?? .model,
             item: row.text(6).flatMap { try? JSON.parse($0) })
-        entry.createdAt = row.integer(7)
+        entry.awaitingResult = row.integer(7) != 0
+        entry.createdAt = row.integer(8)
         return entry
+    }
+
+    /// The conversation's index keeps its entries in id order: no page needs a sort.
+    static func entriesPage(_ order: SortOrder) -> String {
+        """
+        SELECT \(entryColumns) FROM messages
+        WHERE conversation_id = ? AND audience != 'model' AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
+        ORDER BY id \(order.rawValue) LIMIT ?
+        """
     }
 
     public func entries(conversationID: Int64, limit: Int, after: String?, order: SortOrder) throws -> Page<ConversationEntry>? {
         var cursor: Int64?
         if let after {
-            guard let found = try rowID(conversationID: conversationID, itemID: after, in: db) else { return nil }
+            guard let found = try rowID(conversationID: conversationID, itemID: after, in: reader) else { return nil }
             cursor = found
         }
-        let rows = try db.query(
-            """
-            SELECT \(Self.entryColumns) FROM messages
-            WHERE conversation_id = ? AND audience != 'model' AND (? IS NULL OR id \(order == .asc ? ">" : "<") ?)
-            ORDER BY id \(order.rawValue) LIMIT ?
-            """,
+        let rows = try reader.query(
+            Self.entriesPage(order),
             [.integer(conversationID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
              .integer(Int64(limit + 1))],
             row: Self.entry)
         return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
     }
 
-    private func rowID(conversationID: Int64, itemID: String, in db: SQLiteConnection) throws -> Int64? {
-        try db.query(
+    private func rowID(conversationID: Int64, itemID: String, in connection: SQLiteConnection) throws -> Int64? {
+        try connection.query(
             "SELECT id FROM messages WHERE conversation_id = ? AND public_id = ?", [.integer(conversationID), .text(itemID)]
         ) { $0.integer(0) }.first
     }
 
     public func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry? {
-        try db.query(
+        try reader.query(
             "SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND public_id = ?",
             [.integer(conversationID), .text(itemID)], row: Self.entry
         ).first
     }
 
     public func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry? {
-        try db.query(
+        try reader.query(
             """
             SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND audience != 'model'
             ORDER BY id DESC LIMIT 1
@@ -266,34 +285,36 @@ public final class SQLiteStore: Store {
         ).first
     }
 
-    public func completeClientToolCall(conversationID: Int64, itemID: String, item: JSON, result: ConversationEntry) throws -> Bool {
+    public func resolve(awaitingEntry itemID: String, in conversationID: Int64, item: JSON, result: ConversationEntry) throws
+        -> Bool
+    {
         let now = Self.now()
-        return try write { db in
-            let changed = try db.run(
+        return try write { writer in
+            let changed = try writer.run(
                 """
-                UPDATE messages SET item = ?
-                WHERE conversation_id = ? AND public_id = ? AND json_extract(item, '$.status') = 'pending'
+                UPDATE messages SET item = ?, awaiting_result = 0
+                WHERE conversation_id = ? AND public_id = ? AND awaiting_result = 1
                 """,
                 [.text(item.serialized), .integer(conversationID), .text(itemID)])
             guard changed == 1 else { return false }
-            try insert([result], into: conversationID, at: now, in: db)
+            try insert([result], into: conversationID, at: now, in: writer)
             return true
         }
     }
 
     public func deleteEntries(conversationID: Int64, after itemID: String) throws {
-        try write { db in
-            guard let cursor = try rowID(conversationID: conversationID, itemID: itemID, in: db) else { return }
-            try db.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
+        try write { writer in
+            guard let cursor = try rowID(conversationID: conversationID, itemID: itemID, in: writer) else { return }
+            try writer.run("DELETE FROM messages WHERE conversation_id = ? AND id > ?", [.integer(conversationID), .integer(cursor)])
         }
     }
 
     public func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int {
-        try write { db in
+        try write { writer in
             var marked = 0
             for itemID in itemIDs {
-                guard let row = try rowID(conversationID: conversationID, itemID: itemID, in: db) else { continue }
-                try db.run(
+                guard let row = try rowID(conversationID: conversationID, itemID: itemID, in: writer) else { continue }
+                try writer.run(
                     """
                     INSERT INTO feedback (message_id, kind, created_at) VALUES (?, ?, ?)
                     ON CONFLICT (message_id) DO UPDATE SET kind = excluded.kind, created_at = excluded.created_at
@@ -333,11 +354,11 @@ public final class SQLiteStore: Store {
 
     public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
         let now = Self.now()
-        let id = try write { db in
-            try db.run(
+        let id = try write { writer in
+            try writer.run(
                 "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                 [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
-            return db.lastInsertRowID
+            return writer.lastInsertRowID
         }
         return TodoTask(id: id, title: title, description: description, completed: false, createdAt: now)
     }
@@ -348,45 +369,45 @@ public final class SQLiteStore: Store {
         case .pending: " AND completed = 0"
         case .completed: " AND completed = 1"
         }
-        return try db.query(
+        return try reader.query(
             "SELECT \(Self.taskColumns) FROM tasks WHERE user_id = ?\(condition) ORDER BY id", [.text(userID)],
             row: Self.task)
     }
 
-    private func task(id: Int64, userID: String, in db: SQLiteConnection) throws -> TodoTask? {
-        try db.query(
+    private func task(id: Int64, userID: String, in connection: SQLiteConnection) throws -> TodoTask? {
+        try connection.query(
             "SELECT \(Self.taskColumns) FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)],
             row: Self.task
         ).first
     }
 
     public func completeTask(id: Int64, userID: String) throws -> TodoTask? {
-        let changed = try write { db in
-            try db.run(
+        let changed = try write { writer in
+            try writer.run(
                 "UPDATE tasks SET completed = 1, updated_at = ? WHERE id = ? AND user_id = ?",
                 [.integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID, in: db)
+        return changed == 0 ? nil : try task(id: id, userID: userID, in: reader)
     }
 
     public func deleteTask(id: Int64, userID: String) throws -> TodoTask? {
-        try write { db in
-            guard let existing = try task(id: id, userID: userID, in: db) else { return nil }
-            try db.run("DELETE FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)])
+        try write { writer in
+            guard let existing = try task(id: id, userID: userID, in: writer) else { return nil }
+            try writer.run("DELETE FROM tasks WHERE id = ? AND user_id = ?", [.integer(id), .text(userID)])
             return existing
         }
     }
 
     public func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask? {
-        let changed = try write { db in
-            try db.run(
+        let changed = try write { writer in
+            try writer.run(
                 """
                 UPDATE tasks SET title = coalesce(?, title), description = coalesce(?, description), updated_at = ?
                 WHERE id = ? AND user_id = ?
                 """,
                 [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID, in: db)
+        return changed == 0 ? nil : try task(id: id, userID: userID, in: reader)
     }
 
     private static func now() -> Int64 { Clock.unixMilliseconds() }

@@ -4,16 +4,16 @@ public enum StoreError: Error, Equatable {
     case conversationDeleted
 }
 
-/// Persistence for conversations, messages and tasks. Every call is scoped to a user: a row
-/// owned by someone else behaves exactly like a missing one.
-///
-/// SQLite implements it now; PostgreSQL will implement the same protocol.
+/// Persistence for the product's own model: conversations, their entries, and tasks. Every call
+/// is scoped to a user: a row owned by someone else behaves exactly like a missing one. Entries
+/// carry a face's item body as opaque JSON; a store never looks inside it.
 public protocol Store: AnyObject {
     func migrate() throws
 
-    /// `title` may be empty: a ChatKit thread is untitled until its first answer. `first` is
+    /// `title` may be empty: a conversation is untitled until its first answer. `first` is
     /// stored in the same transaction (the user's opening message).
-    func createConversation(userID: String, title: String, first: [ConversationEntry]) throws -> Conversation
+    func createConversation(publicID: String, userID: String, title: String, first: [ConversationEntry]) throws
+        -> Conversation
     func conversation(id: Int64, userID: String) throws -> Conversation?
     func conversation(publicID: String, userID: String) throws -> Conversation?
     /// Newest first for `.desc`; `nil` when `after` names no conversation of this user.
@@ -33,10 +33,10 @@ public protocol Store: AnyObject {
     func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry?
     /// The newest row ChatKit can see.
     func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry?
-    /// Marks a pending client tool call completed (its new item body) and stores the client's
-    /// result for the model, in one write. False when the call was no longer pending, so two
-    /// answers to one call can never both land.
-    func completeClientToolCall(conversationID: Int64, itemID: String, item: JSON, result: ConversationEntry) throws -> Bool
+    /// Gives an entry that awaits the client's result (a client tool call) its new item body,
+    /// and stores the result for the model, in one write. False when the entry no longer
+    /// awaits a result, so two answers to one call can never both land.
+    func resolve(awaitingEntry itemID: String, in conversationID: Int64, item: JSON, result: ConversationEntry) throws -> Bool
     /// Removes every row stored after `itemID` (hidden ones too), as a retry does.
     func deleteEntries(conversationID: Int64, after itemID: String) throws
     /// Returns how many of `itemIDs` belong to the conversation and were marked.
@@ -54,8 +54,9 @@ extension Store {
         try append(entries, to: conversationID, title: nil)
     }
 
-    public func createConversation(userID: String, title: String) throws -> Conversation {
-        try createConversation(userID: userID, title: title, first: [])
+    /// A conversation with a new public id.
+    public func createConversation(userID: String, title: String, first: [ConversationEntry] = []) throws -> Conversation {
+        try createConversation(publicID: PublicID.make(.conversation), userID: userID, title: title, first: first)
     }
 
     /// Plain chat messages, shown to ChatKit the way their shape suggests.

@@ -1,8 +1,25 @@
 /// `POST /api/chatkit`: the ChatKit custom-backend protocol. One URL, a typed envelope
-/// `{type, params, metadata}`; streaming types answer with SSE, the others with JSON. Every
-/// lookup is scoped to the token's user, and everything that can fail before the stream starts
-/// is checked first, so it gets a 4xx JSON answer instead of a dropped connection.
-struct ChatKitEndpoint {
+/// `{type, params, metadata}`; streaming types answer with SSE, the others with JSON.
+struct ChatKitEndpoint: Endpoint {
+    let worker: Worker
+
+    var allowedMethods: [String] { ["POST"] }
+
+    /// After the stream started: an `error` event the UI shows in its own words.
+    func reportInBand(_ error: APIError, to sse: SSEWriter) {
+        sse.send(["type": "error", "code": "stream.error", "allow_retry": true])
+    }
+
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+        let user = try worker.app.verifier.verify(authorizationHeader: request.headers["authorization"]).subject
+        try ChatKitRequests(worker: worker, user: user, store: try worker.store()).handle(request, writer: writer, log: &log)
+    }
+}
+
+/// One user's ChatKit requests. Every lookup is scoped to the token's user, and everything that
+/// can fail before the stream starts is checked first, so it gets a 4xx JSON answer instead of
+/// a dropped connection.
+struct ChatKitRequests {
     let worker: Worker
     let user: String
     let store: any Store
@@ -11,12 +28,6 @@ struct ChatKitEndpoint {
     static let maximumPageSize = 100
     /// Feedback is given on items the client shows: at most a page of them.
     static let maximumFeedbackItems = maximumPageSize
-
-    init(worker: Worker, user: String) throws {
-        self.worker = worker
-        self.user = user
-        store = try worker.store()
-    }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
         // The official server reads the body whatever its label, and which one the ChatKit client
@@ -31,10 +42,12 @@ struct ChatKitEndpoint {
             throw APIError.badRequest("body is not valid JSON: \(error)")
         }
         guard case .object = envelope, let type = envelope["type"]?.stringValue else {
-            throw APIError.invalidBody("body must be an object with a string type")
+            throw APIError.invalidBody(#"body must be an object with a string type, e.g. {"type":"threads.list","params":{}}"#)
         }
+        // Required on every request, as the SDK's models require it, even where all of its
+        // members are optional.
         guard let params = envelope["params"], case .object = params else {
-            throw APIError.invalidBody("params must be an object")
+            throw APIError.invalidBody(#"params must be an object; \#(type) takes {"type":"\#(type)","params":{\#(Self.parameterHint(type))}}"#)
         }
         switch type {
         case "threads.create": try create(params, writer: writer, log: &log)
@@ -58,6 +71,19 @@ struct ChatKitEndpoint {
         }
     }
 
+    /// What a request type's params hold, for an error message that shows the way.
+    static func parameterHint(_ type: String) -> String {
+        switch type {
+        case "threads.create": #""input":{"content":[{"type":"input_text","text":"hello"}],"attachments":[],"inference_options":{}}"#
+        case "threads.add_user_message": #""thread_id":"thr_…","input":{…}"#
+        case "threads.list": ""
+        case "threads.get_by_id", "threads.delete": #""thread_id":"thr_…""#
+        case "items.list": #""thread_id":"thr_…","limit":20,"order":"asc","after":null"#
+        case "threads.update": #""thread_id":"thr_…","title":"…""#
+        default: "…"
+        }
+    }
+
     // MARK: Parameters
 
     private func string(_ params: JSON, _ name: String) throws -> String {
@@ -76,7 +102,7 @@ struct ChatKitEndpoint {
     }
 
     private struct Paging {
-        var limit = ChatKitEndpoint.defaultPageSize
+        var limit = ChatKitRequests.defaultPageSize
         var order = SortOrder.desc
         var after: String?
     }
@@ -160,7 +186,6 @@ struct ChatKitEndpoint {
 
     private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let input = try UserInput(params["input"])
-        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
         let message = userEntry(input)
         let created = try store.createConversation(userID: user, title: "", first: [message])
         let sse = SSEWriter(writer: writer)
@@ -175,7 +200,6 @@ struct ChatKitEndpoint {
     private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let found = try conversation(params)
         let input = try UserInput(params["input"])
-        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
         let message = userEntry(input)
         try store.append([message], to: found.id)
         let sse = SSEWriter(writer: writer)
@@ -203,7 +227,6 @@ struct ChatKitEndpoint {
             throw APIError.notFound("item not found")
         }
         guard entry.message.role == .user else { throw APIError.badRequest("only a user message can be answered again") }
-        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
         try store.deleteEntries(conversationID: found.id, after: itemID)
         let sse = SSEWriter(writer: writer)
         sse.start()
@@ -213,14 +236,12 @@ struct ChatKitEndpoint {
     private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
         let found = try conversation(params)
         guard let result = params["result"] else { throw APIError.invalidBody("params.result is required") }
-        if worker.app.lifecycle.isDraining { throw APIError.shuttingDown }
-        guard let latest = try store.latestVisibleEntry(conversationID: found.id),
-            let body = latest.item, body["type"] == "client_tool_call", body["status"] == "pending",
-            let callID = body["call_id"]?.stringValue, let name = body["name"]?.stringValue
+        guard let latest = try store.latestVisibleEntry(conversationID: found.id), latest.awaitingResult,
+            let body = latest.item, let callID = body["call_id"]?.stringValue, let name = body["name"]?.stringValue
         else { throw APIError.badRequest("there is no pending client tool call in this thread") }
         let call = ToolCall(id: callID, name: name, arguments: body["arguments"]?.serialized ?? "{}")
-        let completed = try store.completeClientToolCall(
-            conversationID: found.id, itemID: latest.itemID,
+        let completed = try store.resolve(
+            awaitingEntry: latest.itemID, in: found.id,
             item: ChatKitStream.clientToolCallBody(call, status: "completed", output: result),
             result: ConversationEntry(ChatMessage(role: .tool, content: result.serialized, toolCallID: callID)))
         guard completed else { throw APIError.badRequest("this client tool call was already answered") }

@@ -2,7 +2,7 @@
 /// official server emits them: the assistant message opens with its first text delta, tool runs
 /// show as a `progress_update` plus a workflow with one task per call, and each item is stored
 /// when its `thread.item.done` goes out.
-final class ChatKitStream: AgentObserver {
+final class ChatKitStream: TurnStream {
     private struct OpenMessage {
         let id: String
         /// Sent with `thread.item.added` and stored with the item, so both say the same.
@@ -31,9 +31,9 @@ final class ChatKitStream: AgentObserver {
 
     private let conversation: Conversation
     private let store: any Store
-    private let sse: SSEWriter
-    private let writer: ResponseWriter
-    private let app: Application
+    let sse: SSEWriter
+    let writer: ResponseWriter
+    let app: Application
     private var assistant: OpenMessage?
     private var workflow: OpenWorkflow?
     /// A new thread's title, stored with the turn's first items rather than by a write of its
@@ -47,9 +47,6 @@ final class ChatKitStream: AgentObserver {
         self.writer = writer
         self.app = app
     }
-
-    var clientDescriptor: Int32? { writer.clientDescriptor }
-    var outputHasRoom: Bool { writer.hasRoom }
 
     private var threadID: String { conversation.publicID }
 
@@ -71,7 +68,7 @@ final class ChatKitStream: AgentObserver {
     func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool {
         guard let delta = parsed.content ?? parsed.refusal, !delta.isEmpty else { return !sse.clientGone }
         if assistant == nil {
-            let opened = OpenMessage(id: PublicID.make("msg"))
+            let opened = OpenMessage(id: PublicID.make(.message))
             assistant = opened
             var entry = ConversationEntry(ChatMessage(role: .assistant, content: nil), itemID: opened.id, audience: .client,
                                           item: .object([("type", "assistant_message"), ("content", [])]))
@@ -94,7 +91,7 @@ final class ChatKitStream: AgentObserver {
         send("progress_update", [("icon", "bolt"), ("text", .string("\(title)…"))])
         let task: JSON = ["type": "custom", "title": .string(title), "icon": "bolt", "status_indicator": "loading"]
         if workflow == nil {
-            var opened = OpenWorkflow(id: PublicID.make("wf"))
+            var opened = OpenWorkflow(id: PublicID.make(.workflow))
             opened.tasks = [task]
             opened.taskIndexByCall[call.id] = 0
             workflow = opened
@@ -141,12 +138,6 @@ final class ChatKitStream: AgentObserver {
         return .object([("type", "workflow"), ("workflow", .object(inner))])
     }
 
-    func idle(canWrite: Bool) -> Bool {
-        if app.lifecycle.graceExpired { return false }
-        if canWrite, sse.isQuiet(for: app.config.keepaliveSeconds) { return sse.keepalive() }
-        return !sse.clientGone
-    }
-
     // MARK: Storing what the agent produced
 
     /// The text before tool calls is finished before they run, as the official server finishes
@@ -179,8 +170,9 @@ final class ChatKitStream: AgentObserver {
                 entries.append(ConversationEntry(message, audience: .model))  // its text is shown already
                 if let call = message.toolCalls.first(where: { call in app.config.clientTools.contains { $0.name == call.name } }) {
                     var item = ConversationEntry(
-                        ChatMessage(role: .assistant, content: nil), itemID: PublicID.make("tc"), audience: .client,
+                        ChatMessage(role: .assistant, content: nil), itemID: PublicID.make(.clientToolCall), audience: .client,
                         item: Self.clientToolCallBody(call, status: "pending", output: nil))
+                    item.awaitingResult = true
                     item.createdAt = now
                     clientCallItem = item
                 }
@@ -239,25 +231,20 @@ final class ChatKitStream: AgentObserver {
     /// Ends the stream for how the turn ended. Errors are `error` events: `stream.error` lets
     /// the UI show its own words, `custom` shows ours.
     func finish(_ end: TurnEnd, log: inout RequestLog) throws {
-        switch end {
-        case .answered, .awaitingClientTool:
+        switch ending(of: end, log: &log) {
+        case .answered:
             break
         case .roundLimitReached(let rounds):
-            log.note = "round limit"
             send("error", [("code", "custom"), ("message", .string("I stopped after \(rounds) steps without an answer. Please try again.")),
                            ("allow_retry", true)])
-        case .failed(.cancelled) where app.lifecycle.graceExpired:
-            // The server stopped, not the user: the request still stands, so no cancel note.
-            log.note = "ended by shutdown"
+        case .serverShutdown, .failed:
+            // A shutdown is the server's doing, not the user's: the request still stands, so no
+            // cancel note.
             send("error", [("code", "stream.error"), ("allow_retry", true)])
-        case .failed(.cancelled):
-            log.note = "client disconnected"
+        case .clientGone:
             // As the official server does: the next turn must not pick up the abandoned answer.
             try store.append([ConversationEntry(ChatMessage(role: .system, content: Self.cancelledNote),
-                                                itemID: PublicID.make("shcx"), audience: .model)], to: conversation.id)
-        case .failed(let error):
-            log.note = error.description
-            send("error", [("code", "stream.error"), ("allow_retry", true)])
+                                                itemID: PublicID.make(.hiddenNote), audience: .model)], to: conversation.id)
         }
     }
 }

@@ -1,9 +1,7 @@
 /// Thread titles: a short truncation of the first message by default, or a few words written
 /// by the model (`CHATKIT_TITLES=model`), falling back to the truncation if that call fails.
 public enum Titles {
-    public enum Style: String, Sendable { case truncate, model }
-
-    static func make(for message: String, style: Style, model: any ChatModel) -> String {
+    static func make(for message: String, style: Config.TitleStyle, model: any ChatModel) -> String {
         guard style == .model else { return truncate(message) }
         let prompt = [
             ChatMessage(role: .system, content: "Write a title of at most six words for a chat that begins with the user's "

@@ -1,0 +1,99 @@
+@testable import ChatKitFCGI
+import Testing
+
+/// The router and each face's own error answers, driven without sockets.
+@Suite struct RouterTests {
+    static let secret = "router-test-secret-0123456789abcdef"
+    let database = TemporaryDatabase()
+    let worker: Worker
+
+    init() throws {
+        var config = Config()
+        config.betterAuthSecret = Self.secret
+        config.mcpAllowedOrigins = ["https://app.example"]
+        config.publicURL = "https://app.example"
+        _ = try database.store()
+        let app = Application(config: config, verifier: Application.verifier(for: config),
+                              database: SQLiteDatabase(path: database.path))
+        worker = Worker(app: app)
+    }
+
+    final class Answer: ResponseWriter {
+        private(set) var status = 0
+        private(set) var headers: [String: String] = [:]
+        private(set) var body = ""
+        private(set) var headWritten = false
+        func writeHead(status: Int, headers: [(String, String)]) {
+            headWritten = true
+            self.status = status
+            for (name, value) in headers { self.headers[name] = value }
+        }
+        func write(_ bytes: [UInt8]) -> Bool {
+            body += String(decoding: bytes, as: UTF8.self)
+            return true
+        }
+        var clientDescriptor: Int32? { nil }
+        var hasRoom: Bool { true }
+        var detail: String? { (try? JSON.parse(body))?["detail"]?.stringValue }
+    }
+
+    func send(_ path: String, method: String = "POST", body: String = "", headers: [String: String] = [:],
+              token: String? = DevToken.mint(subject: "alice", secret: secret, ttlSeconds: 60, issuer: nil, audience: nil)) -> Answer {
+        var allHeaders = headers
+        if let token { allHeaders["authorization"] = "Bearer \(token)" }
+        let request = HTTPRequest(method: method, path: path, contentType: "application/json", headers: allHeaders,
+                                  body: Array(body.utf8))
+        let answer = Answer()
+        _ = worker.handle(request, writer: answer)
+        return answer
+    }
+
+    @Test func aDrainingServerTurnsEveryFaceAwayWithRetryAfter() {
+        worker.app.lifecycle.beginDraining()
+        for path in ["/api/chat", "/api/chatkit", "/api/mcp"] {
+            let answer = send(path, body: "{}")
+            #expect(answer.status == 503 && answer.headers["Retry-After"] == "1", "\(path)")
+            #expect(answer.detail == "the server is restarting; retry", "\(path)")
+        }
+        #expect(send("/api/nowhere").status == 404, "an unknown path is still unknown")
+    }
+
+    @Test func theMCPChallengeNamesItsMetadataAfterTheScheme() {
+        let missing = send("/api/mcp", body: "{}", token: nil)
+        #expect(missing.status == 401)
+        #expect(missing.headers["WWW-Authenticate"]
+                == #"Bearer resource_metadata="https://app.example/.well-known/oauth-protected-resource/api/mcp""#)
+        let bad = send("/api/mcp", body: "{}", token: "not.a.token")
+        #expect(bad.headers["WWW-Authenticate"]
+                == #"Bearer error="invalid_token", resource_metadata="https://app.example/.well-known/oauth-protected-resource/api/mcp""#)
+        #expect(send("/api/chat", body: "{}", token: nil).headers["WWW-Authenticate"] == "Bearer")
+    }
+
+    @Test func mcpErrorsCarryCORSForAnAllowedOriginOnly() {
+        let allowed = send("/api/mcp", method: "GET", headers: ["origin": "https://app.example"])
+        #expect(allowed.status == 405 && allowed.headers["Allow"] == "POST")
+        #expect(allowed.headers["Access-Control-Allow-Origin"] == "https://app.example")
+        let other = send("/api/mcp", body: "{}", headers: ["origin": "https://evil.example"])
+        #expect(other.status == 403 && other.headers["Access-Control-Allow-Origin"] == nil)
+        let preflight = send("/api/mcp", method: "OPTIONS", headers: ["origin": "https://app.example"], token: nil)
+        #expect(preflight.status == 204 && preflight.headers["Access-Control-Allow-Methods"] == "POST")
+    }
+
+    @Test func aChatKitRequestWithoutParamsIsToldTheShapeItNeeds() {
+        let list = send("/api/chatkit", body: #"{"type":"threads.list"}"#)
+        #expect(list.status == 422)
+        #expect(list.detail?.contains(#"{"type":"threads.list","params":{}}"#) == true, "\(list.body)")
+        let create = send("/api/chatkit", body: #"{"type":"threads.create"}"#)
+        #expect(create.status == 422 && create.detail?.contains(#""input":{"content":[{"type":"input_text""#) == true)
+        let listed = send("/api/chatkit", body: #"{"type":"threads.list","params":{}}"#)
+        #expect(listed.status == 200 && (try? JSON.parse(listed.body))?["data"] == [])
+    }
+
+    @Test func unknownPathsAndMethodsAreRefusedAsSuch() {
+        #expect(send("/api/other").status == 404)
+        let wrongMethod = send("/api/chat", method: "GET")
+        #expect(wrongMethod.status == 405 && wrongMethod.headers["Allow"] == "POST")
+        let metadata = send("/.well-known/oauth-protected-resource", method: "GET", token: nil)
+        #expect(metadata.status == 200 && (try? JSON.parse(metadata.body))?["resource"] == "https://app.example/api/mcp")
+    }
+}
