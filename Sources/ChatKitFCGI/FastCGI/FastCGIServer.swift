@@ -46,14 +46,11 @@ public enum ListenSocket {
 }
 
 /// Worker threads, each blocking in `FCGX_Accept_r` on the shared listening socket.
-///
-/// `@unchecked Sendable`: after `init` only `workers` changes, under `workersLock`.
-public final class FastCGIServer: @unchecked Sendable {
+public final class FastCGIServer: Sendable {
     private let listenFD: Int32
     private let app: Application
     /// Every running worker thread, and whether it is waiting in accept (safe to interrupt).
-    private var workers: [pthread_t: Bool] = [:]
-    private let workersLock = Lock()
+    private let workers = Locked<[pthread_t: Bool]>([:])
 
     /// SIGUSR1 interrupts a worker's accept() when the server drains, so it stops taking
     /// connections from a socket systemd still owns. A handler that does nothing, installed
@@ -68,17 +65,17 @@ public final class FastCGIServer: @unchecked Sendable {
         precondition(sigaction(wakeSignal, &action, nil) == 0, "sigaction: \(String(cString: strerror(errno)))")
     }
 
-    public var runningWorkers: Int { workersLock.withLock { workers.count } }
+    public var runningWorkers: Int { workers.withLock { $0.count } }
 
     /// Interrupts the workers waiting for a connection; busy ones see `isDraining` when done.
     public func wakeIdleWorkers() {
-        workersLock.withLock {
+        workers.withLock { workers in
             for (thread, idle) in workers where idle { pthread_kill(thread, Self.wakeSignal) }
         }
     }
 
     private func setWorker(_ thread: pthread_t, idle: Bool?) {
-        workersLock.withLock { workers[thread] = idle }
+        workers.withLock { $0[thread] = idle }
     }
     /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
     private static let threadStackBytes = 256 << 10

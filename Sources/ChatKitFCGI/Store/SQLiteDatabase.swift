@@ -9,26 +9,26 @@ import Glibc
 /// a lock one commit at a time, and a group writes each page it shares once.
 ///
 /// Each write runs in a savepoint of its own, so one that fails is undone alone. A commit holds
-/// `writeLock`, so the checkpoint thread can hold writers back; the busy timeout still covers
-/// other processes (a second responder, a migration).
+/// the writer's lock, so the checkpoint thread can hold writers back; the busy timeout still
+/// covers other processes (a second responder, a migration).
 ///
 /// Every commit runs on one connection, `writer`, whichever thread leads it: only this
 /// process's commits change the pages it caches, so its cache stays valid between commits.
-///
-/// `@unchecked Sendable`: `queue` and `committing` are guarded by `queueLock`, `writer` by
-/// `writeLock`; everything else is immutable.
-public final class SQLiteDatabase: @unchecked Sendable {
+public final class SQLiteDatabase: Sendable {
     public let path: String
     public let checkpointsInBackground: Bool
-    private let writeLock = Lock()
-    private let queueLock = Lock()
     /// Writes waiting for the next commit, and whether a thread is committing (it, or the
     /// thread it hands over to, will take them).
-    private var queue: [Write] = []
-    private var committing = false
-    /// Opened by the first commit.
-    private var writer: SQLiteConnection?
+    private let queue = Locked(WriteQueue())
+    /// Opened by the first commit. Its lock is the write lock: held for a commit, or by the
+    /// checkpoint thread to hold writers back.
+    private let writer = Locked<SQLiteConnection?>(nil)
     private static let batchLimit = 64
+
+    private struct WriteQueue {
+        var waiting: [Write] = []
+        var committing = false
+    }
 
     public init(path: String, checkpointsInBackground: Bool = false) {
         self.path = path
@@ -75,10 +75,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
         var outcome: Result<T, any Error>?
         let write = withoutActuallyEscaping(body) { body in
             let write = Write { connection in outcome = Result { try connection.savepoint { try body(connection) } } }
-            let commitsNow = queueLock.withLock {
-                queue.append(write)
-                defer { committing = true }
-                return !committing
+            let commitsNow = queue.withLock { queue in
+                queue.waiting.append(write)
+                defer { queue.committing = true }
+                return !queue.committing
             }
             if !commitsNow {
                 write.wait()
@@ -91,26 +91,26 @@ public final class SQLiteDatabase: @unchecked Sendable {
         return try outcome!.get()
     }
 
-    var waitingWrites: Int { queueLock.withLock { queue.count } }
+    var waitingWrites: Int { queue.withLock { $0.waiting.count } }
 
     /// Commits groups of waiting writes until `own` is committed, then hands the next group to
     /// the thread of the oldest write still waiting, if any.
     private func commitGroups(until own: Write) {
         while true {
-            let group = queueLock.withLock {
-                let group = Array(queue.prefix(Self.batchLimit))
-                queue.removeFirst(group.count)
+            let group = queue.withLock { queue in
+                let group = Array(queue.waiting.prefix(Self.batchLimit))
+                queue.waiting.removeFirst(group.count)
                 return group
             }
             commit(group)
             if group.contains(where: { $0 === own }) { break }
         }
-        queueLock.withLock {
-            if let next = queue.first {
+        queue.withLock { queue in
+            if let next = queue.waiting.first {
                 next.takesOver = true
                 next.wake()
             } else {
-                committing = false
+                queue.committing = false
             }
         }
     }
@@ -118,8 +118,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private func commit(_ group: [Write]) {
         var failure: (any Error)?
         do {
-            try serializingWrites {
-                let connection = try writerConnection()
+            try writer.withLock { writer in
+                let connection = try writer ?? openWriter()
+                writer = connection
                 try connection.transaction {
                     for write in group {
                         write.body?(connection)
@@ -140,20 +141,18 @@ public final class SQLiteDatabase: @unchecked Sendable {
         }
     }
 
-    /// Under `writeLock`.
-    private func writerConnection() throws -> SQLiteConnection {
-        if let writer { return writer }
+    private func openWriter() throws -> SQLiteConnection {
         let opened = try SQLiteConnection(path: path)
         // The checkpoint thread copies the WAL back; a commit never stops to do it.
         if checkpointsInBackground { try opened.execute("PRAGMA wal_autocheckpoint = 0") }
-        writer = opened
         return opened
     }
 
-    /// A sleeping mutex: holders wait for a commit or a checkpoint, too long to spin through.
+    /// Runs `body` while no commit can start: the lock sleeps, as holders wait for a commit
+    /// or a checkpoint, too long to spin through.
     @discardableResult
     func serializingWrites<T>(_ body: () throws -> T) throws -> T {
-        try writeLock.withLock { try body() }
+        try writer.withLock { _ in try body() }
     }
 }
 

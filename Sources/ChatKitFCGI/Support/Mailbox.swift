@@ -4,12 +4,10 @@ import Glibc
 /// Items handed from any thread to one event loop's thread: a locked list, and an eventfd the
 /// loop's epoll watches, readable once items have arrived.
 ///
-/// `@unchecked Sendable`: `items` is guarded by `lock`, and the items themselves are `Sendable`.
-public final class Mailbox<Item: Sendable>: @unchecked Sendable {
+public final class Mailbox<Item: Sendable>: Sendable {
     /// For the loop's epoll, as EPOLLIN.
     public let descriptor: Int32
-    private let lock = Lock()
-    private var items: [Item] = []
+    private let items = Locked<[Item]>([])
 
     public init() throws(SystemError) {
         descriptor = try System.call("eventfd") { eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC)) }
@@ -18,7 +16,7 @@ public final class Mailbox<Item: Sendable>: @unchecked Sendable {
     deinit { close(descriptor) }
 
     public func post(_ item: Item) {
-        lock.withLock { items.append(item) }
+        items.withLock { $0.append(item) }
         var one: UInt64 = 1
         do {
             try System.call("write(eventfd)") { write(descriptor, &one, 8) }
@@ -37,33 +35,10 @@ public final class Mailbox<Item: Sendable>: @unchecked Sendable {
             // EAGAIN: a wake-up whose items an earlier call took already.
             precondition(error.code == EAGAIN, "\(error)")
         }
-        return lock.withLock {
+        return items.withLock { items in
             var taken: [Item] = []
             swap(&items, &taken)
             return taken
         }
-    }
-}
-
-/// A pthread mutex: ThreadSanitizer sees it (it does not see `Synchronization.Mutex` on Linux),
-/// and a waiter sleeps instead of spinning.
-///
-/// `@unchecked Sendable`: a mutex exists to be shared between threads.
-public final class Lock: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-
-    public init() {
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    public func withLock<T, Failure: Error>(_ body: () throws(Failure) -> T) throws(Failure) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
     }
 }
