@@ -54,7 +54,7 @@ struct MockPlan: Sendable {
 /// What the last user message asks for, case-insensitively, with a closing `.`, `?` or `!` ignored:
 ///
 /// - the todo commands of `TaskCommands` (add, list, complete, delete, rename) call the tools;
-///   once their results come back, the answer is `Done.` and the results;
+///   once their results come back, `ToolAnswers` words the answer;
 /// - `use NAME` calls the tool NAME (a ChatKit client tool, say) with `{"scope":"todos"}`;
 /// - `say TEXT then COMMAND` streams TEXT before what COMMAND does;
 /// - `slow [N]` streams the N words `w1 w2 ...` (default 40) 50 ms apart;
@@ -74,9 +74,7 @@ enum Script {
             if turnCommand.map({ withoutClosingPunctuation($0).lowercased() }) == "loop" {
                 return .completion(MockPlan(answer: .toolCalls([TaskCommands.listTasks("all")])))
             }
-            let results = messages.reversed().prefix(while: { role($0) == "tool" }).reversed()
-            let reply = "Done. " + results.map { text(of: $0) }.joined(separator: " ")
-            return .completion(textPlan(reply))
+            return .completion(textPlan(ToolAnswers.reply(to: messages)))
         }
         // Normally the last message is the user's; for anything else (e.g. a
         // trailing assistant message) answer the most recent user message.
