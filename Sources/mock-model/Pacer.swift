@@ -25,6 +25,8 @@ final class Pacer: @unchecked Sendable {
         let frames: [[UInt8]]
         let start: UInt64
         let interval: UInt64
+        /// Told when the socket fills (true), and when that wait ends (false).
+        let waiting: @Sendable (Bool) -> Void
         var next = 0
         var unsent: [UInt8] = []
         var unsentOffset = 0
@@ -33,11 +35,12 @@ final class Pacer: @unchecked Sendable {
         var completed = false
         private let done = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
-        init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64) {
+        init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64, waiting: @escaping @Sendable (Bool) -> Void) {
             self.fd = fd
             self.frames = frames
             self.start = start
             self.interval = interval
+            self.waiting = waiting
             sem_init(done, 0, 0)
         }
 
@@ -76,9 +79,11 @@ final class Pacer: @unchecked Sendable {
     }
 
     /// Sends `frames[i]` on `fd` at `start + (i + 1) * interval` (monotonic nanoseconds) and
-    /// waits until all are written (true) or the peer went away (false).
-    func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64) -> Bool {
-        let stream = Stream(fd: fd, frames: frames, start: start, interval: interval)
+    /// waits until all are written (true) or the peer went away (false). `waiting` hears when
+    /// the socket fills (true), and when that wait ends (false).
+    func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64,
+              waiting: @escaping @Sendable (Bool) -> Void) -> Bool {
+        let stream = Stream(fd: fd, frames: frames, start: start, interval: interval, waiting: waiting)
         submitted.post(stream)
         stream.wait()
         return stream.completed
@@ -163,6 +168,7 @@ final class Pacer: @unchecked Sendable {
             } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if stream.blockedSince == nil {
                     stream.blockedSince = now
+                    stream.waiting(true)
                     _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, tag)
                 }
                 return true
@@ -175,12 +181,14 @@ final class Pacer: @unchecked Sendable {
         stream.unsentOffset = 0
         if stream.blockedSince != nil {
             stream.blockedSince = nil
+            stream.waiting(false)
             _ = clinux_epoll_set(epoll, EPOLL_CTL_MOD, stream.fd, EPOLLRDHUP.rawValue, tag)
         }
         return true
     }
 
     private func end(_ tag: UInt64, _ stream: Stream, completed: Bool) {
+        if stream.blockedSince != nil { stream.waiting(false) }
         _ = clinux_epoll_set(epoll, EPOLL_CTL_DEL, stream.fd, 0, 0)
         streams[tag] = nil
         stream.end(completed: completed)

@@ -36,6 +36,7 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
     first_record = time.monotonic()
     # Read nothing for most of the stream: the mock's socket fills and its records wait.
     time.sleep(WORDS * DELAY_MS / 1000 * 0.8)
+    assert paced_stack.model_stats()["streams_waiting_to_write"] == 1
     while chunk := raw.recv(1 << 20):
         received += chunk
     elapsed = time.monotonic() - first_record
@@ -49,6 +50,7 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
                    for record in records[:-1] if json.loads(record[6:])["choices"])
     assert text == "You said: " + " ".join([WORD] * WORDS)
     assert paced_stack.model_stats()["streams_completed"] == completed + 1
+    assert paced_stack.model_stats()["streams_waiting_to_write"] == 0
     # Records fall due at fixed times from the first: the pause delayed none but the ones
     # waiting in the full socket. Pauses after each write would have ended the stream later by
     # the time the socket stayed full, most of the stream.
