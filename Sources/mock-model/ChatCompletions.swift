@@ -255,8 +255,9 @@ struct ChatCompletions: Sendable {
         }
         let delayMs = plan.fixedDelayMs ?? config.delayMs
         let ticket = state.streamStarted()
+        let waiting: @Sendable (Bool) -> Void = { [state] in state.stream(ticket, waitsToWrite: $0) }
 
-        var allRecordsSent = connection.write(Array(head.utf8) + frames[0])
+        var allRecordsSent = connection.write(Array(head.utf8) + frames[0], waiting: waiting)
         if allRecordsSent && frames.count > 1 {
             if delayMs > 0 {
                 // Records fall due on a fixed schedule, like tokens from a model that runs
@@ -264,15 +265,15 @@ struct ChatCompletions: Sendable {
                 // record back with it.
                 allRecordsSent = Pacer.shared.send(
                     Array(frames.dropFirst()), on: connection.fd, start: Clock.monotonicNanoseconds(),
-                    interval: UInt64(delayMs) * 1_000_000)
+                    interval: UInt64(delayMs) * 1_000_000, waiting: waiting)
             } else {
-                allRecordsSent = frames.dropFirst().allSatisfy { connection.write($0) }
+                allRecordsSent = frames.dropFirst().allSatisfy { connection.write($0, waiting: waiting) }
             }
         }
         var ok = allRecordsSent
         if ok && plan.ending == .linger { _ = connection.waitUnlessClosed(milliseconds: 3_000) }
         if ok && chunked && plan.ending != .truncate && plan.ending != .linger {
-            ok = connection.write(Array("0\r\n\r\n".utf8))
+            ok = connection.write(Array("0\r\n\r\n".utf8), waiting: waiting)
         }
         // Only a failure before the last record ([DONE]) counts as a cancellation;
         // `truncate` is a scripted ending and counts as completed.

@@ -280,16 +280,30 @@ final class ClientConnection {
 
     // MARK: Writing
 
-    /// Writes everything or reports failure (peer gone, or send timeout).
-    func write(_ bytes: [UInt8]) -> Bool {
+    /// Writes everything or reports failure (peer gone, or send timeout). When the socket is
+    /// full, `waiting` hears that the write waits for the peer to read (true), and when that
+    /// wait ends (false).
+    func write(_ bytes: [UInt8], waiting: ((Bool) -> Void)? = nil) -> Bool {
         bytes.withUnsafeBytes { raw in
             var offset = 0
+            var waitingForPeer = false
+            defer { if waitingForPeer { waiting?(false) } }
             while offset < raw.count {
-                let n = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                // Without waiting first, so that a full socket is noticed; then blocking, which
+                // SO_SNDTIMEO bounds.
+                let flags = waitingForPeer ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_DONTWAIT
+                let n = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(flags))
                 if n > 0 {
                     offset += n
+                    if waitingForPeer {
+                        waitingForPeer = false
+                        waiting?(false)
+                    }
                 } else if n < 0 && errno == EINTR {
                     continue
+                } else if n < 0 && errno == EAGAIN && !waitingForPeer {
+                    waitingForPeer = true
+                    waiting?(true)
                 } else {
                     return false
                 }

@@ -9,6 +9,7 @@ final class MockState: Sendable {
     /// that straddles `DELETE /_mock/requests` does not skew the fresh counters.
     struct StreamTicket {
         fileprivate let epoch: Int
+        fileprivate let stream: Int
     }
 
     private struct State {
@@ -19,6 +20,12 @@ final class MockState: Sendable {
         var streamsCancelled = 0
         /// A live gauge: not reset, since those streams really are still running.
         var activeStreams = 0
+        /// Never reset, so a stream keeps its number in `waitingToWriteSince`.
+        var lastStream = 0
+        /// Live too: when each stream whose socket is full began to wait for its peer to read.
+        var waitingToWriteSince: [Int: UInt64] = [:]
+        /// How many times a stream found its socket full.
+        var writeWaits = 0
         var epoch = 0
         /// Never reset, so ids stay unique for the life of the process.
         var lastRequestNumber = 0
@@ -49,6 +56,7 @@ final class MockState: Sendable {
             s.streamsStarted = 0
             s.streamsCompleted = 0
             s.streamsCancelled = 0
+            s.writeWaits = 0
             s.epoch += 1
         }
     }
@@ -57,7 +65,22 @@ final class MockState: Sendable {
         state.withLock { s in
             s.streamsStarted += 1
             s.activeStreams += 1
-            return StreamTicket(epoch: s.epoch)
+            s.lastStream += 1
+            return StreamTicket(epoch: s.epoch, stream: s.lastStream)
+        }
+    }
+
+    /// A stream's socket is full and its next bytes wait for the peer to read (`true`), or that
+    /// wait is over (`false`): how a test sees that a reader stopped reading, and for how long.
+    func stream(_ ticket: StreamTicket, waitsToWrite waiting: Bool) {
+        let now = Clock.monotonicNanoseconds()
+        state.withLock { s in
+            if waiting {
+                s.waitingToWriteSince[ticket.stream] = now
+                if ticket.epoch == s.epoch { s.writeWaits += 1 }
+            } else {
+                s.waitingToWriteSince[ticket.stream] = nil
+            }
         }
     }
 
@@ -70,13 +93,18 @@ final class MockState: Sendable {
     }
 
     func statsJSON() -> JSON {
-        state.withLock { s in
-            [
+        let now = Clock.monotonicNanoseconds()
+        return state.withLock { s in
+            let longestWait = s.waitingToWriteSince.values.min().map { now - min($0, now) } ?? 0
+            return [
                 "requests": .int(s.requests),
                 "streams_started": .int(s.streamsStarted),
                 "streams_completed": .int(s.streamsCompleted),
                 "streams_cancelled": .int(s.streamsCancelled),
                 "active_streams": .int(s.activeStreams),
+                "streams_waiting_to_write": .int(s.waitingToWriteSince.count),
+                "longest_write_wait_ms": .int(Int(longestWait / 1_000_000)),
+                "write_waits": .int(s.writeWaits),
             ]
         }
     }

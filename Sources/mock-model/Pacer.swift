@@ -25,6 +25,8 @@ final class Pacer: @unchecked Sendable {
         let frames: [[UInt8]]
         let start: UInt64
         let interval: UInt64
+        /// Told when the socket fills (true), and when that wait ends (false).
+        let waiting: @Sendable (Bool) -> Void
         var next = 0
         var unsent: [UInt8] = []
         var unsentOffset = 0
@@ -33,11 +35,12 @@ final class Pacer: @unchecked Sendable {
         var completed = false
         private let done = Semaphore()
 
-        init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64) {
+        init(fd: Int32, frames: [[UInt8]], start: UInt64, interval: UInt64, waiting: @escaping @Sendable (Bool) -> Void) {
             self.fd = fd
             self.frames = frames
             self.start = start
             self.interval = interval
+            self.waiting = waiting
         }
 
         func due(_ index: Int) -> UInt64 { start + UInt64(index + 1) * interval }
@@ -74,9 +77,11 @@ final class Pacer: @unchecked Sendable {
     }
 
     /// Sends `frames[i]` on `fd` at `start + (i + 1) * interval` (monotonic nanoseconds) and
-    /// waits until all are written (true) or the peer went away (false).
-    func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64) -> Bool {
-        let stream = Stream(fd: fd, frames: frames, start: start, interval: interval)
+    /// waits until all are written (true) or the peer went away (false). `waiting` hears when
+    /// the socket fills (true), and when that wait ends (false).
+    func send(_ frames: [[UInt8]], on fd: Int32, start: UInt64, interval: UInt64,
+              waiting: @escaping @Sendable (Bool) -> Void) -> Bool {
+        let stream = Stream(fd: fd, frames: frames, start: start, interval: interval, waiting: waiting)
         submitted.post(stream)
         stream.wait()
         return stream.completed
@@ -160,6 +165,7 @@ final class Pacer: @unchecked Sendable {
             } else if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if stream.blockedSince == nil {
                     stream.blockedSince = now
+                    stream.waiting(true)
                     guard (try? epoll.modify(stream.fd, events: EPOLLRDHUP.rawValue | EPOLLOUT.rawValue, tag: tag)) != nil else {
                         end(tag, stream, completed: false)
                         return false
@@ -175,6 +181,7 @@ final class Pacer: @unchecked Sendable {
         stream.unsentOffset = 0
         if stream.blockedSince != nil {
             stream.blockedSince = nil
+            stream.waiting(false)
             guard (try? epoll.modify(stream.fd, events: EPOLLRDHUP.rawValue, tag: tag)) != nil else {
                 end(tag, stream, completed: false)
                 return false
@@ -184,6 +191,7 @@ final class Pacer: @unchecked Sendable {
     }
 
     private func end(_ tag: UInt64, _ stream: Stream, completed: Bool) {
+        if stream.blockedSince != nil { stream.waiting(false) }
         // The connection's thread closes the descriptor once told; until then it is registered.
         try? epoll.remove(stream.fd)
         streams[tag] = nil

@@ -51,6 +51,19 @@ struct MockPlan: Sendable {
     var crlf = false
 }
 
+/// What the last user message asks for, case-insensitively, with a closing `.`, `?` or `!` ignored:
+///
+/// - the todo commands of `TaskCommands` (add, list, complete, delete, rename) call the tools;
+///   once their results come back, `ToolAnswers` words the answer;
+/// - `use NAME` calls the tool NAME (a ChatKit client tool, say) with `{"scope":"todos"}`;
+/// - `say TEXT then COMMAND` streams TEXT before what COMMAND does;
+/// - `slow [N]` streams the N words `w1 w2 ...` (default 40) 50 ms apart;
+/// - `fail NNN` answers with HTTP status NNN (400-599), as the OpenAI API does;
+/// - `midstream error`, `truncate` and `linger` end the stream in an error record, a cut, or
+///   silence after `[DONE]`; `crlf` streams with CRLF line ends and comments;
+/// - `badargs` and `unknown tool` make broken tool calls; `loop` calls list_tasks after every
+///   result, so the turn never settles; `history` counts the messages it was sent;
+/// - anything else is echoed: `You said: TEXT`.
 enum Script {
     static func decide(_ messages: [JSON]) -> ScriptOutcome {
         let lastUser = messages.last(where: { role($0) == "user" })
@@ -58,12 +71,10 @@ enum Script {
 
         if let last = messages.last, role(last) == "tool" {
             // A `loop` turn never settles, to exercise the client's max-rounds limit.
-            if turnCommand?.lowercased() == "loop" {
-                return .completion(MockPlan(answer: .toolCalls([listTasks("all")])))
+            if turnCommand.map({ withoutClosingPunctuation($0).lowercased() }) == "loop" {
+                return .completion(MockPlan(answer: .toolCalls([TaskCommands.listTasks("all")])))
             }
-            let results = messages.reversed().prefix(while: { role($0) == "tool" }).reversed()
-            let reply = "Done. " + results.map { text(of: $0) }.joined(separator: " ")
-            return .completion(textPlan(reply))
+            return .completion(textPlan(ToolAnswers.reply(to: messages)))
         }
         // Normally the last message is the user's; for anything else (e.g. a
         // trailing assistant message) answer the most recent user message.
@@ -73,18 +84,20 @@ enum Script {
         } else {
             command = turnCommand ?? ""
         }
-        if let status = integerArgument(command.lowercased(), after: "fail "), (400...599).contains(status) {
+        if let status = integerArgument(withoutClosingPunctuation(command).lowercased(), after: "fail "),
+           (400...599).contains(status) {
             return .failure(failure(status: status))
         }
         return .completion(planForUserCommand(command, messageCount: messages.count))
     }
 
     private static func planForUserCommand(_ c: String, messageCount: Int) -> MockPlan {
-        let lc = c.lowercased()
+        let command = withoutClosingPunctuation(c)
+        let lc = command.lowercased()
 
         // "say TEXT then COMMAND": text first, as models often write before calling tools.
         if lc.hasPrefix("say ") {
-            let parts = split(String(c.dropFirst(4)), onIgnoringCase: " then ", maxSplits: 1)
+            let parts = split(String(command.dropFirst(4)), onIgnoringCase: " then ", maxSplits: 1)
             if parts.count == 2 {
                 var plan = planForUserCommand(parts[1].trimmingWhitespace(), messageCount: messageCount)
                 plan.preamble = words(parts[0] + " ")
@@ -92,36 +105,12 @@ enum Script {
             }
         }
 
-        if lc.hasPrefix("add ") {
-            let titles = split(String(c.dropFirst(4)), onIgnoringCase: " and ")
-                .map { $0.trimmingWhitespace() }
-                .filter { !$0.isEmpty }
-            let calls = titles.map { ToolCall(name: "add_task", arguments: json(["title": .string($0)])) }
-            return MockPlan(answer: .toolCalls(calls.isEmpty ? [ToolCall(name: "add_task", arguments: json(["title": ""]))] : calls))
-        }
-        if lc == "list" || lc.hasPrefix("list ") {
-            let filter = String(lc.dropFirst(4)).trimmingWhitespace()
-            let status = (filter == "pending" || filter == "completed") ? filter : "all"
-            return MockPlan(answer: .toolCalls([listTasks(status)]))
-        }
-        if let id = integerArgument(lc, after: "complete ") {
-            return MockPlan(answer: .toolCalls([ToolCall(name: "complete_task", arguments: json(["task_id": .int(id)]))]))
-        }
-        if let id = integerArgument(lc, after: "delete ") {
-            return MockPlan(answer: .toolCalls([ToolCall(name: "delete_task", arguments: json(["task_id": .int(id)]))]))
+        if let calls = TaskCommands.toolCalls(for: command) {
+            return MockPlan(answer: .toolCalls(calls))
         }
         // "use NAME": a call to any tool by name, e.g. a ChatKit client tool the browser runs.
-        if lc.hasPrefix("use "), let name = c.dropFirst(4).split(separator: " ").first {
+        if lc.hasPrefix("use "), let name = command.dropFirst(4).split(separator: " ").first {
             return MockPlan(answer: .toolCalls([ToolCall(name: String(name), arguments: json(["scope": "todos"]))]))
-        }
-        if lc.hasPrefix("rename ") {
-            let parts = split(String(c.dropFirst(7)), onIgnoringCase: " to ", maxSplits: 1)
-            if parts.count == 2, let id = Int(parts[0].trimmingWhitespace()) {
-                let title = parts[1].trimmingWhitespace()
-                return MockPlan(answer: .toolCalls([
-                    ToolCall(name: "update_task", arguments: json(["task_id": .int(id), "title": .string(title)]))
-                ]))
-            }
         }
         switch lc {
         case "badargs":
@@ -129,7 +118,7 @@ enum Script {
         case "unknown tool":
             return MockPlan(answer: .toolCalls([ToolCall(name: "launch_rocket", arguments: "{}")]))
         case "loop":
-            return MockPlan(answer: .toolCalls([listTasks("all")]))
+            return MockPlan(answer: .toolCalls([TaskCommands.listTasks("all")]))
         case "midstream error":
             return MockPlan(answer: .text(["partial ", "answer "]), ending: .midstreamError)
         case "truncate":
@@ -179,10 +168,6 @@ enum Script {
 
     private static func textPlan(_ text: String) -> MockPlan {
         MockPlan(answer: .text(words(text)))
-    }
-
-    private static func listTasks(_ status: String) -> ToolCall {
-        ToolCall(name: "list_tasks", arguments: json(["status": .string(status)]))
     }
 
     private static func json(_ value: JSON) -> String { value.serialized }
@@ -241,6 +226,13 @@ enum Script {
         default:
             return ""
         }
+    }
+
+    /// Without the period, question mark or exclamation mark that ends a sentence (and the
+    /// spaces around it): "add buy milk." adds "buy milk", "list my tasks?" lists them.
+    static func withoutClosingPunctuation(_ text: String) -> String {
+        guard let last = text.lastIndex(where: { !$0.isWhitespace && !".?!".contains($0) }) else { return "" }
+        return String(text[...last])
     }
 
     private static func integerArgument(_ lc: String, after prefix: String) -> Int? {

@@ -145,9 +145,9 @@ class Stack:
         return self._start("mock-model", [*wrapper, os.path.join(self.build_dir, "mock-model"), "--port", str(self.model_port)],
                            {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(delay_ms)})
 
-    def start_responder(self, threads=16, argv=None, env=None):
+    def start_responder(self, threads=16, argv=None, env=None, **kwargs):
         argv = argv or [self.binary, "serve", "--socket", self.socket, "--threads", str(threads)]
-        process = self._start("chatkit-fcgi", argv, {**self.env, **(env or {})})
+        process = self._start("chatkit-fcgi", argv, {**self.env, **(env or {})}, **kwargs)
         wait_until(lambda: os.path.exists(self.socket) or not process.alive(), what="responder socket")
         assert process.alive(), process.output()
         return process

@@ -63,8 +63,8 @@ def test_a_tool_turn_creates_the_task_and_stores_the_whole_turn(stack, client, a
     assert payloads(records)[-1] == "[DONE]"
 
     with stack.db() as db:
-        tasks = db.execute("SELECT title, completed FROM tasks WHERE user_id = 'alice' ORDER BY id").fetchall()
-        assert [tuple(t) for t in tasks][-2:] == [("buy milk", 0), ("call mum", 0)]
+        tasks = db.execute("SELECT id, title, completed FROM tasks WHERE user_id = 'alice' ORDER BY id").fetchall()
+        assert [tuple(t)[1:] for t in tasks][-2:] == [("buy milk", 0), ("call mum", 0)]
         rows = db.execute("SELECT role, content, tool_calls, tool_call_id FROM messages WHERE conversation_id = ? ORDER BY id",
                           (conversation_id,)).fetchall()
     assert [r["role"] for r in rows] == ["user", "assistant", "tool", "tool", "assistant"]
@@ -72,7 +72,8 @@ def test_a_tool_turn_creates_the_task_and_stores_the_whole_turn(stack, client, a
     assert [c["arguments"] for c in calls] == ['{"title":"buy milk"}', '{"title":"call mum"}']
     assert [r["tool_call_id"] for r in rows[2:4]] == [c["id"] for c in calls]
     assert rows[4]["content"] == text_of(records)
-    assert rows[4]["content"].startswith("Done. {")
+    milk, mum = tasks[-2]["id"], tasks[-1]["id"]
+    assert rows[4]["content"] == f"Added task {milk}: buy milk. Added task {mum}: call mum."
 
 
 def test_a_second_turn_replays_history_exactly(stack, client, alice):
@@ -106,6 +107,7 @@ def test_tool_errors_go_back_to_the_model(client, alice):
     _, records = chat(client, alice, "badargs")
     result = next(p for p in payloads(records) if isinstance(p, dict) and p.get("type") == "tool_result")
     assert result["is_error"] and "not valid JSON" in result["result"]["error"]
+    assert text_of(records).startswith("Sorry, that did not work: arguments are not valid JSON")
     assert payloads(records)[-1] == "[DONE]"
 
 

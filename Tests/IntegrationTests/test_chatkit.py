@@ -166,7 +166,7 @@ def test_a_scripted_conversation_covers_every_request_type(kit):
     assert call.arguments == {"scope": "todos"}
     events = alice.stream("threads.add_client_tool_output", {"thread_id": thread_id, "result": {"selected": [1, 2]}})
     assert kinds(events)[0] == "stream_options"
-    assert events[-1].item.content[0].text == 'Done. {"selected":[1,2]}'
+    assert events[-1].item.content[0].text == 'The get_selection tool returned {"selected":[1,2]}.'
     stored_call = next(i for i in alice.json("items.list", {"thread_id": thread_id}, ITEMS).data if i.id == call.id)
     assert stored_call.status == "completed" and stored_call.output == {"selected": [1, 2]}
 

@@ -36,6 +36,7 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
     first_record = time.monotonic()
     # Read nothing for most of the stream: the mock's socket fills and its records wait.
     time.sleep(WORDS * DELAY_MS / 1000 * 0.8)
+    assert paced_stack.model_stats()["streams_waiting_to_write"] == 1
     while chunk := raw.recv(1 << 20):
         received += chunk
     elapsed = time.monotonic() - first_record
@@ -49,6 +50,7 @@ def test_a_reader_that_pauses_gets_every_record_and_the_stream_keeps_its_schedul
                    for record in records[:-1] if json.loads(record[6:])["choices"])
     assert text == "You said: " + " ".join([WORD] * WORDS)
     assert paced_stack.model_stats()["streams_completed"] == completed + 1
+    assert paced_stack.model_stats()["streams_waiting_to_write"] == 0
     # Records fall due at fixed times from the first: the pause delayed none but the ones
     # waiting in the full socket. Pauses after each write would have ended the stream later by
     # the time the socket stayed full, most of the stream.
@@ -146,3 +148,51 @@ def test_say_then_streams_text_before_the_tool_calls(paced_stack):
                        json={"model": "mock", "messages": [{"role": "user", "content": "say Adding milk then add milk"}]}).json()
     message = whole["choices"][0]["message"]
     assert message["content"] == "Adding milk " and message["tool_calls"][0]["function"]["name"] == "add_task"
+
+
+def answer(stack, content):
+    """The mock's whole (non-streamed) answer to one user message: its tool calls, or its text."""
+    reply = httpx.post(f"http://127.0.0.1:{stack.model_port}/v1/chat/completions",
+                       headers={"Authorization": f"Bearer {MODEL_KEY}"},
+                       json={"model": "mock", "messages": [{"role": "user", "content": content}]})
+    message = reply.json()["choices"][0]["message"]
+    if message.get("tool_calls"):
+        return [(call["function"]["name"], json.loads(call["function"]["arguments"])) for call in message["tool_calls"]]
+    return message["content"]
+
+
+@pytest.mark.parametrize("command,calls", [
+    ("add buy milk", [("add_task", {"title": "buy milk"})]),
+    ("Add Buy milk and walk the dog.", [("add_task", {"title": "Buy milk"}), ("add_task", {"title": "walk the dog"})]),
+    ("add task buy milk", [("add_task", {"title": "buy milk"})]),
+    ("add a task buy milk", [("add_task", {"title": "buy milk"})]),
+    ("add task", [("add_task", {"title": "task"})]),
+    ("list", [("list_tasks", {"status": "all"})]),
+    ("list pending", [("list_tasks", {"status": "pending"})]),
+    ("list completed", [("list_tasks", {"status": "completed"})]),
+    ("list my done tasks", [("list_tasks", {"status": "completed"})]),
+    ("list anything", [("list_tasks", {"status": "all"})]),
+    ("show my tasks", [("list_tasks", {"status": "all"})]),
+    ("Show me all my pending tasks", [("list_tasks", {"status": "pending"})]),
+    ("what are my tasks?", [("list_tasks", {"status": "all"})]),
+    ("complete 1", [("complete_task", {"task_id": 1})]),
+    ("complete task 1", [("complete_task", {"task_id": 1})]),
+    ("Complete task #12.", [("complete_task", {"task_id": 12})]),
+    ("done 1", [("complete_task", {"task_id": 1})]),
+    ("mark task 1 done", [("complete_task", {"task_id": 1})]),
+    ("mark 1 as completed", [("complete_task", {"task_id": 1})]),
+    ("delete 1", [("delete_task", {"task_id": 1})]),
+    ("delete task 1", [("delete_task", {"task_id": 1})]),
+    ("remove task #1", [("delete_task", {"task_id": 1})]),
+    ("rename 1 to Call Mum", [("update_task", {"task_id": 1, "title": "Call Mum"})]),
+    ("rename task 1 to Call  Mum", [("update_task", {"task_id": 1, "title": "Call  Mum"})]),
+    ("update task 1 to Call Mum.", [("update_task", {"task_id": 1, "title": "Call Mum"})]),
+])
+def test_todo_commands_read_naturally(paced_stack, command, calls):
+    assert answer(paced_stack, command) == calls
+
+
+@pytest.mark.parametrize("text", ["add", "show", "show the weather", "what is this?", "complete task", "done",
+                                  "mark 1", "mark 1 as read", "remove the dog", "delete 1 2", "rename 1 to", "update me"])
+def test_anything_else_is_echoed(paced_stack, text):
+    assert answer(paced_stack, text) == f"You said: {text}"

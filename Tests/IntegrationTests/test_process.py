@@ -235,31 +235,50 @@ def test_help_version_and_migrate(bare, tmp_path):
     assert unknown.returncode == 64 and "unknown option --sockets" in unknown.stderr
 
 
+def socket_activated(stack, listener, threads):
+    """A responder started as systemd starts one on a socket it holds: the socket as fd 3, with
+    LISTEN_FDS=1 and LISTEN_PID naming the responder (the shell's own pid, which exec keeps).
+    bash, not sh: dash cannot redirect descriptors above 9."""
+    fd = listener.fileno()
+    script = f'export LISTEN_FDS=1 LISTEN_PID=$$; exec "$@" 3<&{fd} {fd}<&-'
+    return stack.start_responder(argv=["bash", "-c", script, "bash", stack.binary, "serve", "--threads", str(threads)],
+                                 pass_fds=(fd,))
+
+
 def test_a_draining_responder_leaves_new_connections_to_the_next_instance():
     """With an inherited socket, SIGTERM must stop accepting at once: a connection that arrives
-    during the drain stays in the socket's queue (for systemd's next instance), it is not
-    accepted and turned away by the old one."""
+    during the drain stays in the socket's queue, untouched, and the next instance serves it."""
     stack = Stack(with_nginx=False)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         stack.responder.stop()
-        passed = [flag for name in stack.env for flag in ("-E", name)]
-        handed = stack.start_responder(argv=["systemd-socket-activate", "-l", stack.socket, *passed, stack.binary, "serve",
-                                             "--threads", "4"])
+        # The test holds the socket, as systemd does, so it outlives each instance.
+        listener.bind(stack.socket)
+        listener.listen(16)
+        draining = socket_activated(stack, listener, threads=4)
         results = {}
         first = threading.Thread(target=lambda: results.update(first=cgi_request(stack.socket, "slow 30", hs256_token("j"))))
         first.start()
         wait_until(lambda: stack.model_stats()["active_streams"] == 1, what="stream started")
-        handed.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        threads = len(os.listdir(f"/proc/{draining.popen.pid}/task"))
+        draining.popen.send_signal(signal.SIGTERM)
+        # The three idle workers leave accept() and end; only the streaming one stays.
+        wait_until(lambda: len(os.listdir(f"/proc/{draining.popen.pid}/task")) == threads - 3, what="idle workers to end")
         second = threading.Thread(target=lambda: results.update(second=cgi_request(stack.socket, "hi", hs256_token("k"))))
         second.start()
         first.join(10)
         assert results["first"][0] == "Status: 200 OK" and results["first"][2][-1][1] == "data: [DONE]"
-        assert handed.popen.wait(5) == 0
+        assert draining.popen.wait(5) == 0
+        # The old instance is gone and the second connection is still waiting: nothing answered or closed it.
+        assert second.is_alive() and "second" not in results
+
+        socket_activated(stack, listener, threads=4)
         second.join(10)
-        assert results["second"][0] != "Status: 503 Service Unavailable"
+        status, _, lines = results["second"]
+        assert status == "Status: 200 OK" and lines[-1][1] == "data: [DONE]"
     finally:
         stack.stop()
+        listener.close()
 
 
 def test_a_complete_answer_survives_a_server_that_hangs_on_after_done():

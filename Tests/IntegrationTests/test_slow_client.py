@@ -40,14 +40,24 @@ def read_to_end(raw):
 
 
 def test_a_client_that_stops_reading_holds_up_no_other_stream(stack, client, alice):
+    completed = stack.model_stats()["streams_completed"]
     unread = open_unread_stream(stack.http_port, " ".join(["w"] * WORDS))
-    time.sleep(2)  # the answer fills every buffer on its way; its download is now paused
+    # The answer fills every buffer on its way, back to the mock's socket: once the mock's write
+    # has waited a second for the responder to read, the download is paused (while the buffers
+    # fill, the mock waits a tenth of that at most).
+    wait_until(lambda: stack.model_stats()["longest_write_wait_ms"] >= 1000, what="the model download to pause")
+    paused = stack.model_stats()
+    assert paused["streams_waiting_to_write"] == 1
 
     started = time.monotonic()
     other = client.post("/api/chat", headers=alice, json={"messages": [{"role": "user", "content": "hello"}]},
                         timeout=10)
     assert other.status_code == 200 and other.text.endswith("data: [DONE]\n\n")
     assert time.monotonic() - started < 5
+
+    # Still the same wait, no new one: the responder read nothing from the model meanwhile.
+    still = stack.model_stats()
+    assert still["streams_waiting_to_write"] == 1 and still["write_waits"] == paused["write_waits"]
 
     # Reading again resumes the download: the whole answer arrives, in order, then [DONE].
     head, _, body = read_to_end(unread).partition(b"\r\n\r\n")
@@ -57,6 +67,8 @@ def test_a_client_that_stops_reading_holds_up_no_other_stream(stack, client, ali
     words = [json.loads(record)["choices"][0]["delta"].get("content", "") for record in records[1:-1]
              if json.loads(record).get("choices")]
     assert "".join(words) == "You said: " + " ".join(["w"] * WORDS)
+    wait_until(lambda: stack.model_stats()["streams_completed"] == completed + 2, what="both model streams to complete")
+    assert stack.model_stats()["streams_waiting_to_write"] == 0
 
 
 def test_a_client_that_reads_nothing_for_the_stall_timeout_ends_its_model_stream(impatient_stack):
