@@ -13,10 +13,11 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         // epoll and eventfd from the C library: the event loop that drives every model transfer
         // (and the mock model's pacer, and the benchmark's client).
         .systemLibrary(name: "CLinux"),
-        .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto", "CLinux"]),
+        .target(name: "ChatKitFCGI", dependencies: ["CFastCGI", "CCurl", "CSQLite", "CCrypto", "CPostgres", "CLinux"]),
         .executableTarget(name: "chatkit-fcgi", dependencies: ["ChatKitFCGI"]),
         // The bundled offline model: deterministic, OpenAI's streaming format, for the dev run and tests.
         .executableTarget(name: "mock-model", dependencies: ["ChatKitFCGI", "CLinux"]),

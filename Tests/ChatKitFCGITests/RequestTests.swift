@@ -76,7 +76,9 @@ import Testing
 
     @Test func defaultsFollowTheDocumentedValues() throws {
         let config = try Config.load(environment: base, workingDirectory: "/srv")
-        #expect(config.databasePath == "/srv/chatkit.db")
+        #expect(config.database == .sqlite(path: "/srv/chatkit.db"))
+        #expect(config.databasePoolSize == 8 && config.databasePoolWaitMilliseconds == 2_000)
+        #expect(config.databaseStatementTimeoutMilliseconds == 10_000)
         #expect(config.openAIBaseURL == "https://api.openai.com/v1")
         #expect(config.maxToolRounds == 8)
         #expect(config.maxBodyBytes == 1 << 20)
@@ -85,9 +87,37 @@ import Testing
     @Test func readsDatabaseURLs() throws {
         var environment = base
         environment["DATABASE_URL"] = "sqlite:///var/lib/chatkit/x.db"
-        #expect(try Config.load(environment: environment, workingDirectory: "/").databasePath == "/var/lib/chatkit/x.db")
+        #expect(try Config.load(environment: environment, workingDirectory: "/").database == .sqlite(path: "/var/lib/chatkit/x.db"))
         environment["DATABASE_URL"] = "data/x.db"
-        #expect(try Config.load(environment: environment, workingDirectory: "/srv").databasePath == "/srv/data/x.db")
+        #expect(try Config.load(environment: environment, workingDirectory: "/srv").database == .sqlite(path: "/srv/data/x.db"))
+        for url in ["postgresql://todo:p%40ss@db.example:5432/todo_db?sslmode=require&channel_binding=require",
+                    "postgres:///todo_db?host=/run/postgresql", "postgresql://"] {
+            environment["DATABASE_URL"] = url
+            #expect(try Config.load(environment: environment, workingDirectory: "/").database == .postgres(url: url))
+        }
+        environment["DATABASE_URL"] = "mysql://x"
+        #expect(throws: Config.Invalid.self) { try Config.load(environment: environment, workingDirectory: "/") }
+    }
+
+    @Test func theDatabasePasswordNeverShows() throws {
+        let secret = "s3cr%40t"
+        for url in ["postgresql://todo:\(secret)@db.example:5432/todo_db?sslmode=require",
+                    "postgresql://db.example/todo_db?user=todo&password=\(secret)&application_name=x",
+                    "postgresql://todo:\(secret)@/todo_db?host=/run/postgresql"] {
+            var environment = base
+            environment["DATABASE_URL"] = url
+            let config = try Config.load(environment: environment, workingDirectory: "/")
+            #expect(!config.summary.joined().contains(secret), "\(config.summary)")
+            #expect(config.database.description.contains("***"))
+        }
+        var environment = base
+        environment["DATABASE_URL"] = "mysql://todo:\(secret)@db/x"
+        do {
+            _ = try Config.load(environment: environment, workingDirectory: "/")
+            Issue.record("a mysql URL was taken")
+        } catch {
+            #expect(!error.description.contains(secret))
+        }
     }
 
     @Test func reportsEveryProblemAtOnce() {

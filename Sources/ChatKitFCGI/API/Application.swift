@@ -1,15 +1,15 @@
 import Synchronization
 
-/// Process-wide state shared by every worker thread: configuration, the token verifier and the
-/// shutdown state. Everything per-connection (SQLite, libcurl) lives in `Worker`.
+/// Process-wide state shared by every worker thread: configuration, the token verifier, the
+/// database and the shutdown state. Everything per-thread (a store, libcurl) lives in `Worker`.
 public final class Application: Sendable {
     public let config: Config
     public let verifier: JWTVerifier
     public let toolbox: Toolbox
     public let lifecycle = Lifecycle()
-    public let database: SQLiteDatabase
+    public let database: any StoreDatabase
 
-    public init(config: Config, verifier: JWTVerifier, database: SQLiteDatabase, toolbox: Toolbox = TaskTools.toolbox) {
+    public init(config: Config, verifier: JWTVerifier, database: any StoreDatabase, toolbox: Toolbox = TaskTools.toolbox) {
         self.config = config
         self.database = database
         self.verifier = verifier

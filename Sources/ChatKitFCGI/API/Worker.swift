@@ -2,7 +2,7 @@
 /// use and reused for every request the thread serves; and the router, which picks the face.
 public final class Worker {
     public let app: Application
-    private var openStore: SQLiteStore?
+    private var openStore: (any Store)?
 
     public init(app: Application) {
         self.app = app
@@ -10,7 +10,7 @@ public final class Worker {
 
     func store() throws -> any Store {
         if let openStore { return openStore }
-        let store = try SQLiteStore(database: app.database)
+        let store = try app.database.makeStore()
         openStore = store
         return store
     }

@@ -58,8 +58,12 @@ public enum ChatKitCommand {
             guard let count = Int(threads), (1...4096).contains(count) else { throw UsageError("--threads must be 1...4096") }
             config.threads = count
         }
-        let database = SQLiteDatabase(path: config.databasePath, checkpointsInBackground: true)
-        try SQLiteStore(database: database).migrate()
+        let database = config.database.open(config, forServing: true)
+        do {
+            try database.makeStore().migrate()
+        } catch {
+            throw ServeError("database \(config.database): \(error)")
+        }
         raiseOpenFileLimit()
         keepFreedMemory()
         Curl.globalInit()
@@ -78,7 +82,7 @@ public enum ChatKitCommand {
         sigaddset(&stopSignals, SIGTERM)
         sigaddset(&stopSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        try database.startCheckpointing()
+        try database.startMaintenance()
         signal(SIGPIPE, SIG_IGN)
         FastCGIServer.installWakeSignalHandler()
         guard FCGX_Init() == 0 else { throw ServeError("FCGX_Init failed") }
@@ -87,7 +91,7 @@ public enum ChatKitCommand {
             path: config.socketPath, mode: config.socketMode, backlog: config.listenBacklog)
         let server = FastCGIServer(listenFD: listenFD, app: app)
         server.startWorkers(count: config.threads)
-        Log.info("serving with \(config.threads) threads (\(origin)), database \(config.databasePath), model \(config.model) at \(config.openAIBaseURL)")
+        Log.info("serving with \(config.threads) threads (\(origin)), database \(config.database), model \(config.model) at \(config.openAIBaseURL)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
 
         var received: Int32 = 0
@@ -159,23 +163,30 @@ public enum ChatKitCommand {
 
     private static func migrate(_ flags: Flags) throws -> Int32 {
         let config = try Config.load()
-        let store = try SQLiteStore(path: config.databasePath)
-        let before = store.schemaVersion
-        try store.migrate()
-        print("database \(config.databasePath): schema version \(before) -> \(store.schemaVersion)")
-        return 0
+        do {
+            let store = try config.database.open(config).makeStore()
+            let before = try store.schemaVersion
+            try store.migrate()
+            print("database \(config.database): schema version \(before) -> \(try store.schemaVersion)")
+            return 0
+        } catch {
+            throw ServeError("database \(config.database): \(error)")
+        }
     }
 
     private static func checkConfig(_ flags: Flags) throws -> Int32 {
         let config = try Config.load()
         var problems: [String] = []
         do {
-            let store = try SQLiteStore(path: config.databasePath)
-            if store.schemaVersion < SQLiteStore.migrations.count {
-                print("note: database schema \(store.schemaVersion) will be migrated to \(SQLiteStore.migrations.count) at start")
+            let store = try config.database.open(config).makeStore()
+            let version = try store.schemaVersion
+            if version < store.latestSchemaVersion {
+                print("note: database schema \(version) will be migrated to \(store.latestSchemaVersion) at start")
+            } else if version > store.latestSchemaVersion {
+                problems.append("database \(config.database): schema \(version) is newer than this binary (\(store.latestSchemaVersion))")
             }
         } catch {
-            problems.append("database \(config.databasePath): \(error)")
+            problems.append("database \(config.database): \(error)")
         }
         Curl.globalInit()
         do {

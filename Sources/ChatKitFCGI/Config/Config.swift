@@ -3,7 +3,12 @@ import Glibc
 /// Every setting, validated once. Built from the environment (and systemd credentials) plus
 /// command-line flags; `check-config` prints the problems this collects.
 public struct Config: Sendable {
-    public var databasePath = "chatkit.db"
+    public var database = DatabaseLocation.sqlite(path: "chatkit.db")
+    /// PostgreSQL: the most connections this process opens, how long a request waits for one,
+    /// and how long one statement may run.
+    public var databasePoolSize = 8
+    public var databasePoolWaitMilliseconds = 2_000
+    public var databaseStatementTimeoutMilliseconds = 10_000
     public var openAIAPIKey: String?
     public var openAIBaseURL = "https://api.openai.com/v1"
     public var model = "gpt-4o-mini"
@@ -38,7 +43,10 @@ public struct Config: Sendable {
 
     /// Every variable this program reads, with what it means; `--help` and the README print it.
     public static let variables: [(name: String, meaning: String)] = [
-        ("DATABASE_URL", "sqlite:///absolute/path.db or a plain path (default ./chatkit.db)"),
+        ("DATABASE_URL", "sqlite:///absolute/path.db, a plain path (default ./chatkit.db), or postgresql://... (or credential database_url)"),
+        ("CHATKIT_DB_POOL_SIZE", "PostgreSQL connections this process may open (default 8)"),
+        ("CHATKIT_DB_POOL_WAIT_MS", "how long a request waits for a free connection before a 503 (default 2000)"),
+        ("CHATKIT_DB_STATEMENT_TIMEOUT_MS", "PostgreSQL statement timeout (default 10000; 0: none)"),
         ("OPENAI_API_KEY", "API key for the model server (or credential openai_api_key)"),
         ("OPENAI_BASE_URL", "OpenAI-compatible base URL (default https://api.openai.com/v1)"),
         ("OPENAI_MODEL", "model name (default gpt-4o-mini)"),
@@ -104,10 +112,14 @@ public struct Config: Sendable {
             target = parsed
         }
 
-        switch DatabaseLocation.parse(value("DATABASE_URL") ?? "chatkit.db", workingDirectory: workingDirectory) {
-        case .success(let path): config.databasePath = path
+        switch DatabaseLocation.parse(value("DATABASE_URL") ?? credential("database_url") ?? "chatkit.db",
+                                      workingDirectory: workingDirectory) {
+        case .success(let location): config.database = location
         case .failure(let problem): problems.append("DATABASE_URL: \(problem.description)")
         }
+        integer("CHATKIT_DB_POOL_SIZE", &config.databasePoolSize, range: 1...1000)
+        integer("CHATKIT_DB_POOL_WAIT_MS", &config.databasePoolWaitMilliseconds, range: 0...120_000)
+        integer("CHATKIT_DB_STATEMENT_TIMEOUT_MS", &config.databaseStatementTimeoutMilliseconds, range: 0...3_600_000)
         config.openAIAPIKey = value("OPENAI_API_KEY") ?? credential("openai_api_key")
         if let base = value("OPENAI_BASE_URL") {
             if base.hasPrefix("http://") || base.hasPrefix("https://") {
@@ -187,7 +199,9 @@ public struct Config: Sendable {
     /// What `check-config` shows: every setting, secrets reduced to whether they are set.
     public var summary: [String] {
         [
-            "database: \(databasePath)",
+            "database: \(database)" + (database.isPostgres
+                ? " (pool \(databasePoolSize), wait \(databasePoolWaitMilliseconds) ms, statement timeout \(databaseStatementTimeoutMilliseconds) ms)"
+                : ""),
             "model: \(model) at \(openAIBaseURL) (API key \(openAIAPIKey == nil ? "not set" : "set"))",
             "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
                 + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"
@@ -198,16 +212,22 @@ public struct Config: Sendable {
     }
 }
 
-public enum DatabaseLocation {
+/// Where the store lives: an SQLite file, or a PostgreSQL server many hosts may share.
+public enum DatabaseLocation: Equatable, Sendable, CustomStringConvertible {
+    case sqlite(path: String)
+    /// A libpq connection URI, as given.
+    case postgres(url: String)
+
     public struct Problem: Error, CustomStringConvertible {
         public let description: String
     }
 
-    /// `sqlite:///abs/path.db` or a plain path (relative to the working directory).
-    public static func parse(_ url: String, workingDirectory: String) -> Result<String, Problem> {
-        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
-            return .failure(Problem(description: "PostgreSQL is not supported by this build yet"))
-        }
+    public var isPostgres: Bool { if case .postgres = self { true } else { false } }
+
+    /// `sqlite:///abs/path.db`, a plain path (relative to the working directory), or a
+    /// `postgres://` / `postgresql://` URI, which libpq reads itself.
+    public static func parse(_ url: String, workingDirectory: String) -> Result<DatabaseLocation, Problem> {
+        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") { return .success(.postgres(url: url)) }
         var path = url
         if url.hasPrefix("sqlite://") {
             path = String(url.dropFirst("sqlite://".count))
@@ -215,9 +235,36 @@ public enum DatabaseLocation {
                 return .failure(Problem(description: "use sqlite:///absolute/path.db (three slashes)"))
             }
         } else if url.contains("://") {
-            return .failure(Problem(description: "unsupported scheme in \(url)"))
+            return .failure(Problem(description: "unsupported scheme in \(Self.redacting(url)); use sqlite:// or postgresql://"))
         }
         guard !path.isEmpty else { return .failure(Problem(description: "empty path")) }
-        return .success(path.hasPrefix("/") ? path : "\(workingDirectory)/\(path)")
+        return .success(.sqlite(path: path.hasPrefix("/") ? path : "\(workingDirectory)/\(path)"))
+    }
+
+    /// Safe for logs and `check-config`: a password in the URL is shown as `***`.
+    public var description: String {
+        switch self {
+        case .sqlite(let path): path
+        case .postgres(let url): Self.redacting(url)
+        }
+    }
+
+    /// Hides `user:password@` and a `password=` query parameter.
+    static func redacting(_ url: String) -> String {
+        var text = url
+        if let scheme = text.firstRange(of: "://") {
+            let authorityEnd = text[scheme.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" }) ?? text.endIndex
+            if let at = text[scheme.upperBound..<authorityEnd].lastIndex(of: "@"),
+                let colon = text[scheme.upperBound..<at].firstIndex(of: ":") {
+                text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+            }
+        }
+        if let query = text.firstIndex(of: "?") {
+            let parameters = text[text.index(after: query)...].split(separator: "&", omittingEmptySubsequences: false).map { parameter in
+                parameter.lowercased().hasPrefix("password=") ? "password=***" : String(parameter)
+            }
+            text = String(text[...query]) + parameters.joined(separator: "&")
+        }
+        return text
     }
 }

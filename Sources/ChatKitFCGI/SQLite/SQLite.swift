@@ -181,8 +181,7 @@ final class SQLiteStatement {
             case .null: status = sqlite3_bind_null(raw, index)
             case .integer(let integer): status = sqlite3_bind_int64(raw, index, integer)
             case .text(let text):
-                // An explicit length, so text with an embedded NUL is stored whole.
-                let bytes = text.utf8CString
+                let bytes = text.storable.utf8CString
                 status = bytes.withUnsafeBufferPointer {
                     sqlite3_bind_text(raw, index, $0.baseAddress, Int32($0.count - 1), csqlite_transient())
                 }
@@ -206,7 +205,7 @@ final class SQLiteStatement {
     }
 }
 
-public struct SQLiteRow {
+public struct SQLiteRow: StoredRow {
     fileprivate let statement: OpaquePointer
 
     public func integer(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }

@@ -14,7 +14,7 @@ import Glibc
 ///
 /// Every commit runs on one connection, `writer`, whichever thread leads it: only this
 /// process's commits change the pages it caches, so its cache stays valid between commits.
-public final class SQLiteDatabase: Sendable {
+public final class SQLiteDatabase: StoreDatabase {
     public let path: String
     public let checkpointsInBackground: Bool
     /// Writes waiting for the next commit, and whether a thread is committing (it, or the
@@ -33,6 +33,12 @@ public final class SQLiteDatabase: Sendable {
     public init(path: String, checkpointsInBackground: Bool = false) {
         self.path = path
         self.checkpointsInBackground = checkpointsInBackground
+    }
+
+    public func makeStore() throws -> any Store { try SQLiteStore(database: self) }
+
+    public func startMaintenance() throws {
+        if checkpointsInBackground { try startCheckpointing() }
     }
 
     /// A checkpoint every `interval`, on a thread of its own (see `WALCheckpointer`).

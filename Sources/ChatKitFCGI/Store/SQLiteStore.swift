@@ -89,6 +89,7 @@ public final class SQLiteStore: Store {
     ]
 
     public var schemaVersion: Int { Self.schemaVersion(of: reader) }
+    public var latestSchemaVersion: Int { Self.migrations.count }
 
     private static func schemaVersion(of connection: SQLiteConnection) -> Int {
         (try? connection.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
@@ -110,13 +111,8 @@ public final class SQLiteStore: Store {
 
     // MARK: Conversations
 
-    private static let conversationColumns = "id, public_id, user_id, title, created_at, updated_at"
-
-    private static func conversation(_ row: SQLiteRow) -> Conversation {
-        Conversation(
-            id: row.integer(0), publicID: row.text(1) ?? "", userID: row.text(2) ?? "", title: row.text(3) ?? "",
-            createdAt: row.integer(4), updatedAt: row.integer(5))
-    }
+    private static let conversationColumns = Conversation.columns
+    private static func conversation(_ row: SQLiteRow) -> Conversation { Conversation(row: row) }
 
     public func createConversation(publicID: String, userID: String, title: String, first: [ConversationEntry]) throws
         -> Conversation
@@ -130,7 +126,7 @@ public final class SQLiteStore: Store {
             try insert(first, into: id, at: now, in: writer)
             return id
         }
-        return Conversation(id: id, publicID: publicID, userID: userID, title: title, createdAt: now, updatedAt: now)
+        return Conversation(id: id, publicID: publicID, userID: userID, title: title.storable, createdAt: now, updatedAt: now)
     }
 
     public func conversation(id: Int64, userID: String) throws -> Conversation? {
@@ -208,7 +204,7 @@ public final class SQLiteStore: Store {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
-                 .text(message.role.rawValue), SQLValue(message.content), SQLValue(Self.encode(message.toolCalls)),
+                 .text(message.role.rawValue), SQLValue(message.content), SQLValue(ToolCall.storedText(message.toolCalls)),
                  SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(entry.awaitingResult ? 1 : 0),
                  .integer(entry.createdAt != 0 ? entry.createdAt : now)])
         }
@@ -224,20 +220,8 @@ public final class SQLiteStore: Store {
         return Array(newestFirst.reversed().map(\.message).trimmedToWholeToolTurns())
     }
 
-    private static let entryColumns =
-        "role, content, tool_calls, tool_call_id, public_id, audience, item, awaiting_result, created_at"
-
-    private static func entry(_ row: SQLiteRow) -> ConversationEntry {
-        let message = ChatMessage(
-            role: ChatMessage.Role(rawValue: row.text(0) ?? "") ?? .user, content: row.text(1),
-            toolCalls: decode(row.text(2)), toolCallID: row.text(3))
-        var entry = ConversationEntry(
-            message, itemID: row.text(4), audience: ConversationEntry.Audience(rawValue: row.text(5) ?? "") ?? .model,
-            item: row.text(6).flatMap { try? JSON.parse($0) })
-        entry.awaitingResult = row.integer(7) != 0
-        entry.createdAt = row.integer(8)
-        return entry
-    }
+    private static let entryColumns = ConversationEntry.columns(awaiting: "awaiting_result")
+    private static func entry(_ row: SQLiteRow) -> ConversationEntry { ConversationEntry(row: row) }
 
     /// The conversation's index keeps its entries in id order: no page needs a sort.
     static func entriesPage(_ order: SortOrder) -> String {
@@ -326,31 +310,10 @@ public final class SQLiteStore: Store {
         }
     }
 
-    private static func encode(_ calls: [ToolCall]) -> String? {
-        guard !calls.isEmpty else { return nil }
-        return JSON.array(calls.map { ["id": .string($0.id), "name": .string($0.name), "arguments": .string($0.arguments)] })
-            .serialized
-    }
-
-    private static func decode(_ text: String?) -> [ToolCall] {
-        guard let text, let calls = try? JSON.parse(text).arrayValue else { return [] }
-        return calls.compactMap { call in
-            guard let id = call["id"]?.stringValue, let name = call["name"]?.stringValue,
-                let arguments = call["arguments"]?.stringValue
-            else { return nil }
-            return ToolCall(id: id, name: name, arguments: arguments)
-        }
-    }
-
     // MARK: Tasks
 
-    private static let taskColumns = "id, title, description, completed, created_at"
-
-    private static func task(_ row: SQLiteRow) -> TodoTask {
-        TodoTask(
-            id: row.integer(0), title: row.text(1) ?? "", description: row.text(2), completed: row.integer(3) != 0,
-            createdAt: row.integer(4))
-    }
+    private static let taskColumns = TodoTask.columns(completed: "completed")
+    private static func task(_ row: SQLiteRow) -> TodoTask { TodoTask(row: row) }
 
     public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
         let now = Self.now()
@@ -360,7 +323,7 @@ public final class SQLiteStore: Store {
                 [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
             return writer.lastInsertRowID
         }
-        return TodoTask(id: id, title: title, description: description, completed: false, createdAt: now)
+        return TodoTask(id: id, title: title.storable, description: description?.storable, completed: false, createdAt: now)
     }
 
     public func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask] {

@@ -2,13 +2,49 @@
 public enum StoreError: Error, Equatable {
     /// The conversation was deleted while a request was adding to it.
     case conversationDeleted
+    /// Every database connection stayed busy for as long as a request may wait for one.
+    case busy
+}
+
+/// What one process shares of its database, whichever it is: SQLite's group commit and writer,
+/// or PostgreSQL's connection pool.
+public protocol StoreDatabase: Sendable {
+    /// A store for one worker thread.
+    func makeStore() throws -> any Store
+    /// Work the database needs done in the background while the process serves.
+    func startMaintenance() throws
+}
+
+extension StoreDatabase {
+    public func startMaintenance() throws {}
+}
+
+extension DatabaseLocation {
+    /// The database this location names, set up as `config` says.
+    public func open(_ config: Config, forServing: Bool = false) -> any StoreDatabase {
+        switch self {
+        case .sqlite(let path):
+            return SQLiteDatabase(path: path, checkpointsInBackground: forServing)
+        case .postgres(let url):
+            var settings = PostgresDatabase.Settings()
+            settings.poolSize = config.databasePoolSize
+            settings.poolWaitMilliseconds = config.databasePoolWaitMilliseconds
+            settings.statementTimeoutMilliseconds = config.databaseStatementTimeoutMilliseconds
+            return PostgresDatabase(url: url, settings: settings)
+        }
+    }
 }
 
 /// Persistence for the product's own model: conversations, their entries, and tasks. Every call
 /// is scoped to a user: a row owned by someone else behaves exactly like a missing one. Entries
-/// carry a face's item body as opaque JSON; a store never looks inside it.
+/// carry a face's item body as opaque JSON; a store never looks inside it. Text is kept as
+/// given, but for U+0000, which every store keeps as U+FFFD (PostgreSQL text cannot hold it).
 public protocol Store: AnyObject {
+    /// Brings the schema up to date; safe when several processes start at once.
     func migrate() throws
+    /// How many migration steps the database has had, and how many this build knows.
+    var schemaVersion: Int { get throws }
+    var latestSchemaVersion: Int { get }
 
     /// `title` may be empty: a conversation is untitled until its first answer. `first` is
     /// stored in the same transaction (the user's opening message).

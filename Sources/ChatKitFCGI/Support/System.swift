@@ -121,8 +121,9 @@ public final class Epoll {
 public final class Semaphore: @unchecked Sendable {
     private let semaphore = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
-    public init() {
-        sem_init(semaphore, 0, 0)
+    /// `value` waits may pass before one blocks.
+    public init(value: UInt32 = 0) {
+        sem_init(semaphore, 0, value)
     }
 
     deinit {
@@ -142,10 +143,15 @@ public final class Semaphore: @unchecked Sendable {
     }
 
     /// False when `seconds` passed first.
-    public func wait(seconds: Int) -> Bool {
+    public func wait(seconds: Int) -> Bool { wait(milliseconds: seconds * 1000) }
+
+    /// False when `milliseconds` passed first.
+    public func wait(milliseconds: Int) -> Bool {
         var deadline = timespec()
         clock_gettime(CLOCK_REALTIME, &deadline)
-        deadline.tv_sec += seconds
+        let nanoseconds = deadline.tv_nsec + milliseconds % 1000 * 1_000_000
+        deadline.tv_sec += milliseconds / 1000 + nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
         while sem_timedwait(semaphore, &deadline) != 0 {
             if errno == ETIMEDOUT { return false }
             precondition(errno == EINTR, "sem_timedwait: \(String(cString: strerror(errno)))")

@@ -1,0 +1,71 @@
+/// The PostgreSQL connections every worker thread of this process shares: at most `poolSize`,
+/// each lent to one thread for one transaction and taken back. PostgreSQL allows a hundred
+/// connections by default and hosted plans fewer, so hosts × pool must fit, however many worker
+/// threads each host runs; a stream holds no connection while the model talks.
+///
+/// No state is kept on a connection between transactions (no session settings, no prepared
+/// statements, no session locks), so the server may be behind PgBouncer in transaction pooling
+/// mode. A connection that failed is closed, never lent again; the next request opens a new
+/// one, so the database coming back needs no restart.
+public final class PostgresDatabase: StoreDatabase {
+    public struct Settings: Sendable {
+        public var poolSize = 8
+        /// How long a request waits for a free connection before it is told to come back later.
+        public var poolWaitMilliseconds = 2_000
+        /// 0: none.
+        public var statementTimeoutMilliseconds = 10_000
+        /// Unless the URL says otherwise (`connect_timeout`).
+        public var connectTimeoutSeconds = 5
+
+        public init() {}
+    }
+
+    let url: String
+    let settings: Settings
+    private let free: Semaphore
+    private let idle = Locked<[PostgresConnection]>([])
+
+    public init(url: String, settings: Settings = Settings()) {
+        self.url = url
+        self.settings = settings
+        free = Semaphore(value: UInt32(settings.poolSize))
+    }
+
+    public func makeStore() throws -> any Store { PostgresStore(database: self) }
+
+    /// Lends a connection to `body`: an idle one, or one opened now.
+    func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        guard free.wait(milliseconds: settings.poolWaitMilliseconds) else { throw StoreError.busy }
+        defer { free.signal() }
+        let connection = try reusableConnection() ?? PostgresConnection(
+            url: url, connectTimeoutSeconds: settings.connectTimeoutSeconds, applicationName: "chatkit-fcgi")
+        defer {
+            if !connection.isBroken { idle.withLock { $0.append(connection) } }
+        }
+        return try body(connection)
+    }
+
+    /// The most recently used idle connection the server has not closed meanwhile.
+    private func reusableConnection() -> PostgresConnection? {
+        while let connection = idle.withLock({ $0.popLast() }) {
+            if connection.isStillIdle { return connection }
+        }
+        return nil
+    }
+
+    /// Runs `statements` as one transaction in one round trip (see `PostgresConnection.pipeline`)
+    /// and returns their results, the transaction's own statements left out.
+    func transaction(_ statements: [PostgresStatement]) throws -> [PostgresRows] {
+        var framed = [PostgresStatement("BEGIN")]
+        if settings.statementTimeoutMilliseconds > 0 {
+            // Local to the transaction: nothing outlives it on a pooled server connection.
+            framed.append(PostgresStatement("SELECT set_config('statement_timeout', $1, true)",
+                                            [.text(String(settings.statementTimeoutMilliseconds))]))
+        }
+        let skipped = framed.count
+        framed += statements
+        framed.append(PostgresStatement("COMMIT"))
+        let results = try withConnection { try $0.pipeline(framed) }
+        return Array(results[skipped..<(results.count - 1)])
+    }
+}
