@@ -18,6 +18,8 @@ import urllib.request
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD_DIR = os.environ.get("CHATKIT_BUILD_DIR", os.path.join(REPO, ".build", "debug"))
+# Which store a Stack uses unless told: the test suite runs once with each (conftest.py).
+DATABASE = os.environ.get("CHATKIT_TEST_DATABASE", "sqlite")
 SECRET = "integration-test-secret-0123456789abcdef"
 MODEL_KEY = "mock-api-key-for-tests"
 
@@ -98,21 +100,28 @@ class Process:
 class Stack:
     """mock model <- chatkit-fcgi <- nginx, all on loopback, in one temporary directory."""
 
-    def __init__(self, threads=16, extra_env=None, mock_delay_ms=0, with_nginx=True, build_dir=BUILD_DIR):
+    def __init__(self, threads=16, extra_env=None, mock_delay_ms=0, with_nginx=True, build_dir=BUILD_DIR, database=None,
+                 responders=1):
+        """`responders` > 1 starts that many responder processes on one database, each on its
+        own socket, with nginx spreading requests over them: many hosts, on one machine."""
         self.dir = tempfile.mkdtemp(prefix="chatkit-it-")
         # nginx workers run as nobody when the tests run as root: they must reach the socket.
         os.chmod(self.dir, 0o711)
-        self.socket = os.path.join(self.dir, "app.sock")
-        self.database = os.path.join(self.dir, "chat.db")
+        self.sockets = [os.path.join(self.dir, "app.sock" if index == 0 else f"app{index + 1}.sock")
+                        for index in range(responders)]
+        self.socket = self.sockets[0]
+        self.database_kind = database or DATABASE
+        self.postgres_databases = []
         self.model_port, self.http_port = free_ports(2) if with_nginx else (free_port(), None)
         self.processes = []
         self.build_dir = build_dir
         try:
+            self.database_url = self.fresh_database_url()
             self.mock = self.start_mock(mock_delay_ms)
             wait_until(lambda: port_open(self.model_port) or not self.mock.alive(), what="mock model")
             assert self.mock.alive(), self.mock.output()
             self.env = {
-                "DATABASE_URL": f"sqlite://{self.database}",
+                "DATABASE_URL": self.database_url,
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{self.model_port}/v1",
                 "OPENAI_API_KEY": MODEL_KEY,
                 "OPENAI_MODEL": "mock-model",
@@ -121,10 +130,11 @@ class Stack:
                 "CHATKIT_MAX_TOOL_ROUNDS": "3",
                 **(extra_env or {}),
             }
-            self.responder = self.start_responder(threads)
+            self.responders = [self.start_responder(threads, socket=socket) for socket in self.sockets]
+            self.responder = self.responders[0]
             if with_nginx:
                 subprocess.run([os.path.join(REPO, "nginx", "render-local-conf"), os.path.join(self.dir, "nginx"),
-                                str(self.http_port), self.socket], check=True, capture_output=True)
+                                str(self.http_port), *self.sockets], check=True, capture_output=True)
                 prefix = os.path.join(self.dir, "nginx")
                 self.nginx = self._start("nginx", ["nginx", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"),
                                                    "-e", "stderr"], {})
@@ -145,10 +155,12 @@ class Stack:
         return self._start("mock-model", [*wrapper, os.path.join(self.build_dir, "mock-model"), "--port", str(self.model_port)],
                            {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(delay_ms)})
 
-    def start_responder(self, threads=16, argv=None, env=None, **kwargs):
-        argv = argv or [self.binary, "serve", "--socket", self.socket, "--threads", str(threads)]
-        process = self._start("chatkit-fcgi", argv, {**self.env, **(env or {})}, **kwargs)
-        wait_until(lambda: os.path.exists(self.socket) or not process.alive(), what="responder socket")
+    def start_responder(self, threads=16, argv=None, env=None, socket=None, **kwargs):
+        socket = socket or self.socket
+        argv = argv or [self.binary, "serve", "--socket", socket, "--threads", str(threads)]
+        name = "chatkit-fcgi" if socket == self.sockets[0] else "chatkit-fcgi-" + os.path.basename(socket).split(".")[0]
+        process = self._start(name, argv, {**self.env, **(env or {})}, **kwargs)
+        wait_until(lambda: os.path.exists(socket) or not process.alive(), what="responder socket")
         assert process.alive(), process.output()
         return process
 
@@ -169,8 +181,21 @@ class Stack:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.model_port}/_mock/stats") as reply:
             return json.load(reply)
 
+    def fresh_database_url(self):
+        """An empty database of this stack's kind, removed with the stack."""
+        if self.database_kind == "postgres":
+            import postgres
+            server = postgres.shared()
+            self.postgres_databases.append(server.create_database())
+            return server.url(self.postgres_databases[-1])
+        return "sqlite://" + os.path.join(self.dir, f"chat{len(self.processes)}-{time.monotonic_ns()}.db")
+
     def db(self):
-        connection = sqlite3.connect(self.database)
+        """A connection to the stack's database that takes `?` placeholders, whichever it is."""
+        if self.database_kind == "postgres":
+            import postgres
+            return postgres.PostgresDB(self.database_url)
+        connection = sqlite3.connect(self.database_url[len("sqlite://"):])
         connection.row_factory = sqlite3.Row
         return connection
 
@@ -183,6 +208,11 @@ class Stack:
         for process in reversed(self.processes):
             process.stop(signal.SIGQUIT if process.name == "nginx" else signal.SIGTERM)
         self.processes = []
+        if self.postgres_databases:
+            import postgres
+            for name in self.postgres_databases:
+                postgres.shared().drop_database(name)
+            self.postgres_databases = []
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -216,3 +246,28 @@ def read_sse(response):
             payload = line[len("data: "):]
             records.append((time.monotonic(), payload if payload == "[DONE]" else json.loads(payload)))
     return records
+
+
+def fastcgi_post(socket_path, path, payload, token):
+    """A POST straight to one responder's socket through libfcgi's cgi-fcgi, bypassing nginx:
+    returns (status code, headers with lower-case names, body text)."""
+    body = json.dumps(payload).encode()
+    env = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+           "REQUEST_URI": path, "DOCUMENT_URI": path, "HTTP_AUTHORIZATION": f"Bearer {token}"}
+    done = subprocess.run(["cgi-fcgi", "-bind", "-connect", socket_path], env=env, input=body, capture_output=True,
+                          timeout=30)
+    head, _, text = done.stdout.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("Status: ") else 0
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
+    return status, headers, text
+
+
+def sse_payloads(text):
+    """The `data:` payloads of an SSE body, JSON decoded (`[DONE]` as is)."""
+    payloads = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: "):]
+            payloads.append(data if data == "[DONE]" else json.loads(data))
+    return payloads

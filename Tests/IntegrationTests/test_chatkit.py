@@ -19,8 +19,8 @@ CLIENT_TOOLS = [{"name": "get_selection", "description": "The todos selected in 
 
 
 @pytest.fixture(scope="module")
-def kit():
-    started = Stack(extra_env={"CHATKIT_CLIENT_TOOLS": json.dumps(CLIENT_TOOLS)})
+def kit(database_kind):
+    started = Stack(extra_env={"CHATKIT_CLIENT_TOOLS": json.dumps(CLIENT_TOOLS)}, database=database_kind)
     yield started
     started.stop()
 

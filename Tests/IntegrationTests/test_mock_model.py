@@ -15,8 +15,8 @@ WORD = "w" * 4000  # about 4 KB per record: the unread ones soon fill every sock
 
 
 @pytest.fixture(scope="module")
-def paced_stack():
-    started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, threads=2)
+def paced_stack(database_kind):
+    started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, threads=2, database=database_kind)
     yield started
     started.stop()
 

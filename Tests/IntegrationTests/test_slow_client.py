@@ -12,8 +12,8 @@ WORDS = 60_000  # about 11 MB of records: more than every buffer between the cli
 
 
 @pytest.fixture(scope="module")
-def impatient_stack():
-    started = Stack(extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "1"})
+def impatient_stack(database_kind):
+    started = Stack(extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "1"}, database=database_kind)
     yield started
     started.stop()
 

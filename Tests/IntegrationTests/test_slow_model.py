@@ -8,8 +8,8 @@ from harness import Stack, hs256_token, raw_post, wait_until
 
 
 @pytest.fixture(scope="module")
-def slow_stack():
-    started = Stack(mock_delay_ms=1500, extra_env={"CHATKIT_KEEPALIVE_SECONDS": "1"})
+def slow_stack(database_kind):
+    started = Stack(mock_delay_ms=1500, extra_env={"CHATKIT_KEEPALIVE_SECONDS": "1"}, database=database_kind)
     yield started
     started.stop()
 
