@@ -130,6 +130,7 @@ class Stack:
                 "CHATKIT_MAX_TOOL_ROUNDS": "3",
                 **(extra_env or {}),
             }
+            self.database_url = self.env["DATABASE_URL"]  # a test may name another database
             self.responders = [self.start_responder(threads, socket=socket) for socket in self.sockets]
             self.responder = self.responders[0]
             if with_nginx:

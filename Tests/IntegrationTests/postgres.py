@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import uuid
 
 import psycopg
@@ -63,6 +64,7 @@ class Postgres:
 
     def __init__(self, admin_url):
         self.admin_url = admin_url
+        self.port = urllib.parse.urlsplit(admin_url).port
 
     def url(self, database=ADMIN):
         return self.admin_url.rsplit("/", 1)[0] + "/" + database
@@ -145,7 +147,9 @@ pidfile = {self.dir}/pgbouncer.pid
                                         stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open(self.port) or self.process.poll() is not None, what="pgbouncer")
         if self.process.poll() is not None:
-            raise RuntimeError(open(os.path.join(self.dir, "pgbouncer.log")).read())
+            log = open(os.path.join(self.dir, "pgbouncer.log")).read()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(log)
 
     def url(self, database):
         return f"postgresql://{ADMIN}@127.0.0.1:{self.port}/{database}"

@@ -178,8 +178,14 @@ public enum ChatKitCommand {
         let config = try Config.load()
         var problems: [String] = []
         do {
-            let store = try config.database.open(config).makeStore()
+            let database = config.database.open(config)
+            let store = try database.makeStore()
             let version = try store.schemaVersion
+            if let postgres = database as? PostgresDatabase {
+                let connections = try postgres.serverConnections()
+                print("note: the server allows \(connections.limit) connections (\(connections.open) open now); with a pool of "
+                      + "\(config.databasePoolSize) per host, at most \(connections.limit / config.databasePoolSize) hosts fit")
+            }
             if version < store.latestSchemaVersion {
                 print("note: database schema \(version) will be migrated to \(store.latestSchemaVersion) at start")
             } else if version > store.latestSchemaVersion {

@@ -71,6 +71,9 @@ public enum APIError: Error, Equatable {
         case let known as APIError: return known
         case let auth as AuthError: return .unauthorized(auth)
         case StoreError.conversationDeleted: return .notFound("the conversation was deleted")
+        case StoreError.busy:
+            Log.warning("\(request.method) \(request.path): every database connection is busy")
+            return .storageUnavailable
         default:
             Log.error("\(request.method) \(request.path): \(error)")
             return .storageUnavailable

@@ -45,6 +45,14 @@ public final class PostgresDatabase: StoreDatabase {
         return try body(connection)
     }
 
+    /// How many connections the server allows in all, and how many are open now (every host's,
+    /// and everyone else's): what the pools of all hosts must fit in.
+    public func serverConnections() throws -> (limit: Int, open: Int) {
+        let rows = try transaction([PostgresStatement(
+            "SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity)")])[0]
+        return (Int(rows.integer(0, 0)), Int(rows.integer(0, 1)))
+    }
+
     /// The most recently used idle connection the server has not closed meanwhile.
     private func reusableConnection() -> PostgresConnection? {
         while let connection = idle.withLock({ $0.popLast() }) {
