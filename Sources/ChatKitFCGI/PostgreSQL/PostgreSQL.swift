@@ -99,9 +99,10 @@ public final class PostgresConnection {
     }
 
     /// Sends every statement at once and reads their results in order: one round trip however
-    /// many statements. The first failure is thrown; the server skips what follows it. A
-    /// transaction the statements left open (an error between BEGIN and COMMIT) is rolled back,
-    /// so the connection is clean for its next user.
+    /// many statements. Without BEGIN they run as one implicit transaction, committed at the
+    /// sync that ends the pipeline. The first failure is thrown; the server skips what follows
+    /// it and rolls the implicit transaction back. A transaction the statements opened
+    /// themselves and left open is rolled back too, so the connection is clean for its next user.
     public func pipeline(_ statements: [PostgresStatement]) throws(PostgresError) -> [PostgresRows] {
         guard PQenterPipelineMode(connection) == 1 else { throw failure(sql: nil) }
         defer { _ = PQexitPipelineMode(connection) }

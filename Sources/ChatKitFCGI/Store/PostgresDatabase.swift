@@ -62,9 +62,11 @@ public final class PostgresDatabase: StoreDatabase {
     }
 
     /// Runs `statements` as one transaction in one round trip (see `PostgresConnection.pipeline`)
-    /// and returns their results, the transaction's own statements left out.
+    /// and returns their results. A pipeline without BEGIN is one implicit transaction that ends
+    /// at its sync: committed whole, or on the first error rolled back whole, and two statements
+    /// fewer for the server than BEGIN and COMMIT around it.
     func transaction(_ statements: [PostgresStatement]) throws -> [PostgresRows] {
-        var framed = [PostgresStatement("BEGIN")]
+        var framed: [PostgresStatement] = []
         if settings.statementTimeoutMilliseconds > 0 {
             // Local to the transaction: nothing outlives it on a pooled server connection.
             framed.append(PostgresStatement("SELECT set_config('statement_timeout', $1, true)",
@@ -72,8 +74,7 @@ public final class PostgresDatabase: StoreDatabase {
         }
         let skipped = framed.count
         framed += statements
-        framed.append(PostgresStatement("COMMIT"))
         let results = try withConnection { try $0.pipeline(framed) }
-        return Array(results[skipped..<(results.count - 1)])
+        return Array(results[skipped...])
     }
 }
