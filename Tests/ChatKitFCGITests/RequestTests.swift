@@ -1,4 +1,5 @@
 @testable import ChatKitFCGI
+import Glibc
 import Testing
 
 @Suite struct ChatRequestTests {
@@ -97,6 +98,25 @@ import Testing
         }
         environment["DATABASE_URL"] = "mysql://x"
         #expect(throws: Config.Invalid.self) { try Config.load(environment: environment, workingDirectory: "/") }
+    }
+
+    @Test func aDatabaseURLMayComeAsACredential() throws {
+        var template = Array("/tmp/chatkit-credentials-XXXXXX".utf8CString)
+        let directory = String(cString: mkdtemp(&template)!)
+        let url = "postgresql://todo:pw@db.example/todo_db"
+        let fd = open(directory + "/database_url", O_WRONLY | O_CREAT, 0o600)
+        _ = (url + "\n").withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        defer {
+            unlink(directory + "/database_url")
+            rmdir(directory)
+        }
+        var environment = base
+        environment["CREDENTIALS_DIRECTORY"] = directory
+        #expect(try Config.load(environment: environment, workingDirectory: "/").database == .postgres(url: url))
+        environment["DATABASE_URL"] = "sqlite:///x.db"
+        #expect(try Config.load(environment: environment, workingDirectory: "/").database == .sqlite(path: "/x.db"),
+                "a variable that is set wins over the credential")
     }
 
     @Test func theDatabasePasswordNeverShows() throws {
