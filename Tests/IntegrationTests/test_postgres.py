@@ -171,3 +171,17 @@ def test_the_store_works_through_pgbouncer_in_transaction_pooling_mode(stack):
         pooled.stop()
         bouncer.stop()
         server.drop_database(name)
+
+
+def test_libpq_s_own_variables_fill_in_what_the_url_leaves_out(stack):
+    server = postgres.shared()
+    name = server.create_database()
+    plain = Stack(extra_env={"DATABASE_URL": "postgresql://", "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
+                             "PGDATABASE": name, "PGUSER": "postgres", "PGAPPNAME": "ignored"})
+    try:
+        assert answer_text(chat(plain, "pg-env", "add buy bread")).startswith("Added task ")
+        with server.connect(name) as db:
+            assert db.execute("SELECT title FROM tasks").fetchall() == [("buy bread",)]
+    finally:
+        plain.stop()
+        server.drop_database(name)
