@@ -42,6 +42,17 @@ struct ChatCompletions: Sendable {
         }
 
         let requestNumber = state.logRequest(body)
+        // "flaky N STATUS": the first N sendings of this very request fail, the next succeeds,
+        // as a model server that recovers does. STATUS `reset` closes without any answer.
+        if let flaky = Script.flaky(messages) {
+            let attempt = state.attempt(of: String(decoding: request.body, as: UTF8.self))
+            if attempt <= flaky.failures {
+                guard let status = flaky.status else { return false }
+                let failure = Script.failure(status: status)
+                return reply(.error(failure.status, message: failure.message, type: failure.type, code: failure.code,
+                                    headers: status == 429 ? [("Retry-After", "1")] : []))
+            }
+        }
         let plan: MockPlan
         switch Script.decide(messages) {
         case .failure(let failure):

@@ -29,6 +29,8 @@ final class MockState: Sendable {
         var epoch = 0
         /// Never reset, so ids stay unique for the life of the process.
         var lastRequestNumber = 0
+        /// How often each `flaky` request was seen, by its whole body.
+        var attempts: [String: Int] = [:]
     }
 
     private let state = Mutex(State())
@@ -41,6 +43,14 @@ final class MockState: Sendable {
             s.requests += 1
             s.lastRequestNumber += 1
             return s.lastRequestNumber
+        }
+    }
+
+    /// Counts one more sending of the same request body: 1 the first time.
+    func attempt(of body: String) -> Int {
+        state.withLock { s in
+            s.attempts[body, default: 0] += 1
+            return s.attempts[body]!
         }
     }
 

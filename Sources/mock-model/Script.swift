@@ -59,6 +59,8 @@ struct MockPlan: Sendable {
 /// - `say TEXT then COMMAND` streams TEXT before what COMMAND does;
 /// - `slow [N]` streams the N words `w1 w2 ...` (default 40) 50 ms apart;
 /// - `fail NNN` answers with HTTP status NNN (400-599), as the OpenAI API does;
+/// - `flaky N STATUS` fails the first N sendings of the same request with STATUS (or, for
+///   `reset`, closes the connection without an answer), then answers;
 /// - `midstream error`, `truncate` and `linger` end the stream in an error record, a cut, or
 ///   silence after `[DONE]`; `crlf` streams with CRLF line ends and comments;
 /// - `badargs` and `unknown tool` make broken tool calls; `loop` calls list_tasks after every
@@ -87,6 +89,9 @@ enum Script {
         if let status = integerArgument(withoutClosingPunctuation(command).lowercased(), after: "fail "),
            (400...599).contains(status) {
             return .failure(failure(status: status))
+        }
+        if let flaky = flaky(messages) {
+            return .completion(textPlan("Recovered after \(flaky.failures) failed attempts."))
         }
         return .completion(planForUserCommand(command, messageCount: messages.count))
     }
@@ -145,6 +150,16 @@ enum Script {
             }
         }
         return textPlan("You said: \(c)")
+    }
+
+    /// `flaky N STATUS` (STATUS a number from 400 to 599, or `reset`) as the last user message.
+    static func flaky(_ messages: [JSON]) -> (failures: Int, status: Int?)? {
+        guard let last = messages.last(where: { role($0) == "user" }) else { return nil }
+        let words = withoutClosingPunctuation(text(of: last)).lowercased().split(separator: " ")
+        guard words.count == 3, words[0] == "flaky", let failures = Int(words[1]), failures >= 0 else { return nil }
+        if words[2] == "reset" { return (failures, nil) }
+        guard let status = Int(words[2]), (400...599).contains(status) else { return nil }
+        return (failures, status)
     }
 
     static func failure(status: Int) -> MockFailure {

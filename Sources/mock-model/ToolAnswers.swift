@@ -33,6 +33,10 @@ enum ToolAnswers {
            let listed = list(tasks, status: arguments.flatMap { try? JSON.parse($0) }?["status"]?.stringValue) {
             return listed
         }
+        // A list the backend shortened for the model: `{"items": [...], "note": "showing ..."}`.
+        if tool == "list_tasks", let tasks = result?["items"]?.arrayValue, let note = result?["note"]?.stringValue {
+            return "Your list is long (\(note)); the newest is \(tasks.last?["title"]?.stringValue ?? "none")."
+        }
         // Anything else, such as what a client tool returned, is shown as it came.
         return tool.map { "The \($0) tool returned \(closed(text))" } ?? "A tool returned \(closed(text))"
     }

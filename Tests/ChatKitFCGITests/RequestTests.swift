@@ -80,6 +80,9 @@ import Testing
         #expect(config.database == .sqlite(path: "/srv/chatkit.db"))
         #expect(config.databasePoolSize == 8 && config.databasePoolWaitMilliseconds == 2_000)
         #expect(config.databaseStatementTimeoutMilliseconds == 10_000)
+        #expect(config.userMaxStreams == 4 && config.userRequests == 120 && config.userRequestsWindowSeconds == 60)
+        #expect(config.userTokensPerDay == 0 && config.userMaxTasks == 1000 && config.upstreamRetries == 2)
+        #expect(config.historyMaxBytes == 256 << 10 && config.toolResultMaxBytes == 16 << 10)
         #expect(config.openAIBaseURL == "https://api.openai.com/v1")
         #expect(config.maxToolRounds == 8)
         #expect(config.maxBodyBytes == 1 << 20)
@@ -184,6 +187,7 @@ import Testing
     final class RecordingWriter: ResponseWriter {
         var writes: [String] = []
         private(set) var headWritten = false
+        var extraHeaders: [(String, String)] = []
         func writeHead(status: Int, headers: [(String, String)]) { headWritten = true }
         func write(_ bytes: [UInt8]) -> Bool {
             writes.append(String(decoding: bytes, as: UTF8.self))

@@ -23,10 +23,11 @@ import Testing
         private(set) var headers: [String: String] = [:]
         private(set) var body = ""
         private(set) var headWritten = false
+        var extraHeaders: [(String, String)] = []
         func writeHead(status: Int, headers: [(String, String)]) {
             headWritten = true
             self.status = status
-            for (name, value) in headers { self.headers[name] = value }
+            for (name, value) in headers + extraHeaders { self.headers[name] = value }
         }
         func write(_ bytes: [UInt8]) -> Bool {
             body += String(decoding: bytes, as: UTF8.self)
@@ -56,6 +57,38 @@ import Testing
             #expect(answer.detail == "the server is restarting; retry", "\(path)")
         }
         #expect(send("/api/nowhere").status == 404, "an unknown path is still unknown")
+    }
+
+    @Test func whileDrainingTheProcessIsLiveButNotReady() {
+        #expect(send("/readyz", method: "GET", token: nil).status == 200)
+        worker.app.lifecycle.beginDraining()
+        #expect(send("/livez", method: "GET", token: nil).status == 200)
+        let ready = send("/readyz", method: "GET", token: nil)
+        #expect(ready.status == 503 && ready.detail == "the server is draining for a restart")
+        #expect(send("/metrics", method: "GET", token: nil).status == 200)
+    }
+
+    @Test func aLimitReachedIsA429WithRetryAfterAndTheRequestsStandingIsInTheHeaders() throws {
+        var config = Config()
+        config.betterAuthSecret = Self.secret
+        config.userRequests = 2
+        config.userRequestsWindowSeconds = 86_400  // all three fall in one window
+        let limited = Worker(app: Application(config: config, verifier: Application.verifier(for: config),
+                                              database: SQLiteDatabase(path: database.path)))
+        func list() -> Answer {
+            let answer = Answer()
+            let token = DevToken.mint(subject: "limited", secret: Self.secret, ttlSeconds: 60, issuer: nil, audience: nil)
+            _ = limited.handle(HTTPRequest(method: "POST", path: "/api/chatkit", contentType: "application/json",
+                                           headers: ["authorization": "Bearer \(token)"],
+                                           body: Array(#"{"type":"threads.list","params":{}}"#.utf8)), writer: answer)
+            return answer
+        }
+        let first = list(), second = list(), third = list()
+        #expect(first.status == 200 && first.headers["X-RateLimit-Remaining-Requests"] == "1")
+        #expect(second.status == 200 && second.headers["X-RateLimit-Remaining-Requests"] == "0")
+        #expect(third.status == 429 && third.detail == "too many requests: at most 2 in 86400 s")
+        #expect(Int(third.headers["Retry-After"] ?? "") ?? 0 >= 1)
+        #expect(limited.app.metrics.rateLimited.value(labels: ["requests"]) == 1)
     }
 
     @Test func theMCPChallengeNamesItsMetadataAfterTheScheme() {

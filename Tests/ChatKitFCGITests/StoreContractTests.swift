@@ -121,7 +121,7 @@ import Testing
         #expect(conversation.title == "t\u{FFFD}")
         try store.append([.user("before\u{0}after ✓ 🇫🇷")], to: conversation.id)
         #expect(try store.recentMessages(conversationID: conversation.id, limit: 1).first?.content == "before\u{FFFD}after ✓ 🇫🇷")
-        let task = try store.addTask(userID: "alice", title: "a\u{0}b", description: nil)
+        let task = try #require(try store.addTask(userID: "alice", title: "a\u{0}b", description: nil, limit: 10))
         #expect(task.title == "a\u{FFFD}b")
         #expect(try store.tasks(userID: "alice", filter: .all) == [task])
     }
@@ -230,10 +230,11 @@ import Testing
     func tasksBelongToTheirUser(_ kind: StoreKind) throws {
         let database = try TestDatabase(kind)
         let store = try database.store()
-        let milk = try store.addTask(userID: "alice", title: "milk", description: nil)
-        let bread = try store.addTask(userID: "alice", title: "bread", description: "brown")
-        let other = try store.addTask(userID: "bob", title: "bob's", description: nil)
-        #expect([milk.id, bread.id, other.id] == [1, 2, 3])
+        let milk = try #require(try store.addTask(userID: "alice", title: "milk", description: nil, limit: 2))
+        let bread = try #require(try store.addTask(userID: "alice", title: "bread", description: "brown", limit: 2))
+        #expect(try store.addTask(userID: "alice", title: "one too many", description: nil, limit: 2) == nil)
+        let other = try #require(try store.addTask(userID: "bob", title: "bob's", description: nil, limit: 2))
+        #expect([milk.id, bread.id] == [1, 2] && other.id > bread.id)
         #expect(try store.completeTask(id: milk.id, userID: "alice")?.completed == true)
         #expect(try store.completeTask(id: other.id, userID: "alice") == nil)
         #expect(try store.tasks(userID: "alice", filter: .completed).map(\.title) == ["milk"])
@@ -246,6 +247,20 @@ import Testing
         #expect(try store.deleteTask(id: milk.id, userID: "alice")?.title == "milk")
         #expect(try store.tasks(userID: "alice", filter: .all).map(\.title) == ["rye"])
         #expect(try store.tasks(userID: "bob", filter: .all).map(\.title) == ["bob's"])
+    }
+
+    @Test(arguments: StoreKind.available)
+    func tokensAreChargedPerUserPerDay(_ kind: StoreKind) throws {
+        let database = try TestDatabase(kind)
+        let store = try database.store()
+        #expect(try store.tokensUsed(userID: "alice", day: "2026-12-07") == 0)
+        try store.chargeTokens(userID: "alice", day: "2026-12-07", tokens: 120)
+        try store.chargeTokens(userID: "alice", day: "2026-12-07", tokens: 30)
+        try store.chargeTokens(userID: "alice", day: "2026-12-08", tokens: 5)
+        try store.chargeTokens(userID: "bob", day: "2026-12-07", tokens: 7)
+        #expect(try store.tokensUsed(userID: "alice", day: "2026-12-07") == 150)
+        #expect(try store.tokensUsed(userID: "alice", day: "2026-12-08") == 5)
+        #expect(try store.tokensUsed(userID: "bob", day: "2026-12-07") == 7)
     }
 
     @Test(arguments: StoreKind.available)

@@ -128,6 +128,10 @@ class Stack:
                 "BETTER_AUTH_SECRET": SECRET,
                 "CHATKIT_SOCKET_MODE": "0666",
                 "CHATKIT_MAX_TOOL_ROUNDS": "3",
+                # Tests and benchmarks send far more than one person would; test_operations.py
+                # sets the per-user limits it exercises.
+                "CHATKIT_USER_MAX_STREAMS": "0",
+                "CHATKIT_USER_REQUESTS": "0",
                 **(extra_env or {}),
             }
             self.database_url = self.env["DATABASE_URL"]  # a test may name another database

@@ -8,12 +8,19 @@ public final class Application: Sendable {
     public let toolbox: Toolbox
     public let lifecycle = Lifecycle()
     public let database: any StoreDatabase
+    public let metrics = ServerMetrics()
+    let limits: UserLimits
 
     public init(config: Config, verifier: JWTVerifier, database: any StoreDatabase, toolbox: Toolbox = TaskTools.toolbox) {
         self.config = config
         self.database = database
         self.verifier = verifier
-        self.toolbox = toolbox
+        limits = UserLimits(maxStreams: config.userMaxStreams, requests: config.userRequests,
+                            windowSeconds: config.userRequestsWindowSeconds)
+        let metrics = metrics
+        self.toolbox = toolbox.recording { tool, succeeded in
+            metrics.toolCalls.add(labels: [tool, succeeded ? "ok" : "error"])
+        }
     }
 
     /// The verifier the configuration asks for; a JWKS URL is fetched with libcurl.

@@ -54,6 +54,7 @@ public struct ChatRequest: Equatable {
 struct ChatEndpoint: Endpoint {
     let worker: Worker
 
+    var face: String { "chat" }
     var allowedMethods: [String] { ["POST"] }
 
     /// After the stream started: an error record, then the end of the stream.
@@ -63,16 +64,20 @@ struct ChatEndpoint: Endpoint {
     }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
-        let user = try worker.app.verifier.verify(authorizationHeader: request.headers["authorization"]).subject
+        let user = try worker.admit(request, writer: writer)
         guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
         let chat = try ChatRequest(body: request.body)
         let store = try worker.store()
+        let owned = try chat.conversationID.map { id in
+            guard let owned = try store.conversation(id: id, userID: user) else { throw APIError.notFound("conversation not found") }
+            return owned
+        }
+        try worker.beginModelUse(by: user, store: store, writer: writer)
+        var usage = ChatCompletionChunk.Usage()
+        defer { worker.endModelUse(by: user, store: store, usage: usage) }
         let conversation: Conversation
         let history: [ChatMessage]
-        if let id = chat.conversationID {
-            guard let owned = try store.conversation(id: id, userID: user) else {
-                throw APIError.notFound("conversation not found")
-            }
+        if let owned {
             conversation = owned
             try store.append([.user(chat.message)], to: owned.id)
             history = try store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit)
@@ -85,9 +90,11 @@ struct ChatEndpoint: Endpoint {
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
         let summary = try worker.chatAgent.run(
-            history: history, context: ToolContext(userID: user, store: store), observer: stream
+            history: history, context: worker.toolContext(for: user, store: store), observer: stream
         ) { messages in try store.append(messages, to: conversation.id) }
+        usage = summary.usage
         log.rounds = summary.rounds
+        log.retries = summary.retries
         log.usage = summary.usage
         stream.finish(summary.end, log: &log)
     }

@@ -2,8 +2,12 @@
 /// response head as JSON `{"detail": ...}` with the face's own headers, after it in-band, in its
 /// protocol's terms.
 protocol Endpoint {
+    /// The face's name in the metrics.
+    var face: String { get }
     /// What `Allow` lists when a request's method is not served.
     var allowedMethods: [String] { get }
+    /// Health checks answer while the server drains; everything else is turned away.
+    var servedWhileDraining: Bool { get }
     func accepts(_ request: HTTPRequest) -> Bool
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws
     /// Headers every answer carries, errors included.
@@ -13,6 +17,7 @@ protocol Endpoint {
 }
 
 extension Endpoint {
+    var servedWhileDraining: Bool { false }
     func accepts(_ request: HTTPRequest) -> Bool { allowedMethods.contains(request.method) }
     func headers(for request: HTTPRequest) -> [(String, String)] { [] }
     func reportInBand(_ error: APIError, to sse: SSEWriter) {}

@@ -60,6 +60,8 @@ public enum TurnEnd: Equatable {
 public struct TurnSummary {
     public var end: TurnEnd
     public var rounds = 0
+    /// Model calls sent again after failing before any output.
+    public var retries = 0
     public var usage = ChatCompletionChunk.Usage()
 }
 
@@ -72,13 +74,20 @@ public struct Agent {
     public let maxRounds: Int
     public let clientTools: [ClientTool]
     public let toolDefinitions: ToolDefinitions
+    /// The history the model is sent is cut to this many bytes, the oldest messages first.
+    public let historyMaxBytes: Int
+    /// A tool result larger than this goes to the model (and the client) shortened.
+    public let toolResultMaxBytes: Int
 
-    public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int, clientTools: [ClientTool] = []) {
+    public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int, clientTools: [ClientTool] = [],
+                historyMaxBytes: Int = .max, toolResultMaxBytes: Int = .max) {
         self.model = model
         self.toolbox = toolbox
         self.systemPrompt = systemPrompt
         self.maxRounds = maxRounds
         self.clientTools = clientTools
+        self.historyMaxBytes = historyMaxBytes
+        self.toolResultMaxBytes = toolResultMaxBytes
         toolDefinitions = ToolDefinitions(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
     }
 
@@ -88,11 +97,13 @@ public struct Agent {
         history: [ChatMessage], context: ToolContext, observer: AgentObserver,
         record: ([ChatMessage]) throws -> Void
     ) throws -> TurnSummary {
-        var messages = [ChatMessage(role: .system, content: systemPrompt)] + Self.answeringEveryCall(history)
+        let window = history.newest(fittingIn: historyMaxBytes)
+        var messages = [ChatMessage(role: .system, content: systemPrompt)] + Self.answeringEveryCall(Array(window))
         var summary = TurnSummary(end: .answered)
         while summary.rounds < maxRounds {
             summary.rounds += 1
             let turn = model.stream(messages: messages, tools: toolDefinitions, observer: observer)
+            summary.retries += turn.retries
             summary.usage.promptTokens &+= turn.usage.promptTokens
             summary.usage.completionTokens &+= turn.usage.completionTokens
             let text = turn.text.isEmpty ? turn.refusal : turn.text
@@ -127,7 +138,7 @@ public struct Agent {
                     continue
                 }
                 observer.toolStarted(call: call)
-                let result = toolbox.run(name: call.name, arguments: call.arguments, context: context)
+                let result = bounded(toolbox.run(name: call.name, arguments: call.arguments, context: context))
                 observer.toolFinished(call: call, result: result)
                 produced.append(ChatMessage(role: .tool, content: Self.toolMessageContent(result), toolCallID: call.id))
             }
@@ -143,6 +154,25 @@ public struct Agent {
     }
 
     static let cutOffNote = "Your previous answer was cut off before it was complete."
+
+    /// A result too large for `toolResultMaxBytes`: a list keeps its newest (last) items that
+    /// fit, with a note saying how many there were; anything else is replaced by a note. So a
+    /// tool that finds thousands of rows cannot fill the model's context.
+    func bounded(_ result: Result<JSON, ToolError>) -> Result<JSON, ToolError> {
+        guard case .success(let json) = result, json.serializedBytes.count > toolResultMaxBytes else { return result }
+        guard let items = json.arrayValue else {
+            return .success(["note": .string("the result (\(json.serializedBytes.count) bytes) is too large to show")])
+        }
+        var kept: [JSON] = []
+        var size = 200  // the note and the brackets
+        for item in items.reversed() {
+            size += item.serializedBytes.count + 1
+            guard size <= toolResultMaxBytes else { break }
+            kept.append(item)
+        }
+        return .success(["items": .array(kept.reversed()),
+                         "note": .string("showing the newest \(kept.count) of \(items.count); ask for fewer to see others")])
+    }
 
     /// Every tool call the model sees must have a result, or the API refuses the request. A
     /// client tool call the browser never answered gets one here, so the thread keeps working.

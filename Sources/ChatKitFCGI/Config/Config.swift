@@ -25,6 +25,15 @@ public struct Config: Sendable {
     public var socketMode: UInt32 = 0o660
     public var listenBacklog = 1024
     public var historyLimit = 50
+    public var historyMaxBytes = 256 << 10
+    public var toolResultMaxBytes = 16 << 10
+    public var upstreamRetries = 2
+    /// Per user (the token's `sub`); 0 means no limit.
+    public var userMaxStreams = 4
+    public var userRequests = 120
+    public var userRequestsWindowSeconds = 60
+    public var userTokensPerDay = 0
+    public var userMaxTasks = 1000
     public var maxToolRounds = 8
     public var maxBodyBytes = 1 << 20
     public var connectTimeoutMilliseconds = 5_000
@@ -63,7 +72,15 @@ public struct Config: Sendable {
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
         ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 1024)"),
         ("CHATKIT_HISTORY_LIMIT", "most recent messages replayed to the model (default 50)"),
+        ("CHATKIT_HISTORY_MAX_BYTES", "most bytes of history replayed to the model (default 262144)"),
+        ("CHATKIT_TOOL_RESULT_MAX_BYTES", "largest tool result sent back to the model (default 16384)"),
         ("CHATKIT_MAX_TOOL_ROUNDS", "model calls per turn before giving up (default 8)"),
+        ("CHATKIT_UPSTREAM_RETRIES", "retries of a model call that failed before any output (default 2)"),
+        ("CHATKIT_USER_MAX_STREAMS", "concurrent streams per user on this host (default 4; 0: no limit)"),
+        ("CHATKIT_USER_REQUESTS", "requests per user per window on this host (default 120; 0: no limit)"),
+        ("CHATKIT_USER_REQUESTS_WINDOW_SECONDS", "the window CHATKIT_USER_REQUESTS counts in (default 60)"),
+        ("CHATKIT_USER_TOKENS_PER_DAY", "model tokens per user per UTC day, on every host (default 0: no limit)"),
+        ("CHATKIT_USER_MAX_TASKS", "tasks one user may keep (default 1000)"),
         ("CHATKIT_MAX_BODY_BYTES", "largest accepted request body (default 1048576)"),
         ("CHATKIT_CONNECT_TIMEOUT_MS", "connect timeout to the model server (default 5000)"),
         ("CHATKIT_STALL_TIMEOUT_SECONDS", "abort a model stream silent this long (default 60)"),
@@ -150,6 +167,14 @@ public struct Config: Sendable {
         integer("CHATKIT_LISTEN_BACKLOG", &config.listenBacklog, range: 16...65535)
         integer("CHATKIT_HISTORY_LIMIT", &config.historyLimit, range: 1...10_000)
         integer("CHATKIT_MAX_TOOL_ROUNDS", &config.maxToolRounds, range: 1...100)
+        integer("CHATKIT_HISTORY_MAX_BYTES", &config.historyMaxBytes, range: 1024...(64 << 20))
+        integer("CHATKIT_TOOL_RESULT_MAX_BYTES", &config.toolResultMaxBytes, range: 256...(16 << 20))
+        integer("CHATKIT_UPSTREAM_RETRIES", &config.upstreamRetries, range: 0...10)
+        integer("CHATKIT_USER_MAX_STREAMS", &config.userMaxStreams, range: 0...10_000)
+        integer("CHATKIT_USER_REQUESTS", &config.userRequests, range: 0...1_000_000)
+        integer("CHATKIT_USER_REQUESTS_WINDOW_SECONDS", &config.userRequestsWindowSeconds, range: 1...86_400)
+        integer("CHATKIT_USER_TOKENS_PER_DAY", &config.userTokensPerDay, range: 0...1_000_000_000)
+        integer("CHATKIT_USER_MAX_TASKS", &config.userMaxTasks, range: 1...1_000_000)
         integer("CHATKIT_MAX_BODY_BYTES", &config.maxBodyBytes, range: 1024...(64 << 20))
         integer("CHATKIT_CONNECT_TIMEOUT_MS", &config.connectTimeoutMilliseconds, range: 100...120_000)
         integer("CHATKIT_STALL_TIMEOUT_SECONDS", &config.stallTimeoutSeconds, range: 1...3600)
@@ -186,6 +211,10 @@ public struct Config: Sendable {
         if config.jwksURL != nil, config.jwksFile != nil {
             problems.append("set only one of JWT_JWKS_URL and JWT_JWKS_FILE")
         }
+        // Without them, any token the same identity provider signed for another application passes.
+        if config.jwksURL != nil || config.jwksFile != nil, config.jwtIssuer == nil || config.jwtAudience == nil {
+            problems.append("with JWT_JWKS_URL or JWT_JWKS_FILE, set JWT_ISSUER and JWT_AUDIENCE too (Better Auth: its base URL)")
+        }
         if let secret = config.betterAuthSecret, secret.utf8.count < 32 {
             problems.append("BETTER_AUTH_SECRET must be at least 32 bytes (RFC 7518 §3.2)")
         }
@@ -206,7 +235,10 @@ public struct Config: Sendable {
             "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
                 + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"
                 + ", issuer \(jwtIssuer ?? "not checked"), audience \(jwtAudience ?? "not checked")",
-            "threads: \(threads), history limit: \(historyLimit), max tool rounds: \(maxToolRounds)",
+            "threads: \(threads), history limit: \(historyLimit) messages and \(historyMaxBytes) bytes, max tool rounds: \(maxToolRounds), upstream retries: \(upstreamRetries)",
+            "per user: \(userMaxStreams == 0 ? "any number of" : String(userMaxStreams)) streams, "
+                + "\(userRequests == 0 ? "no request limit" : "\(userRequests) requests per \(userRequestsWindowSeconds) s"), "
+                + "\(userTokensPerDay == 0 ? "no token budget" : "\(userTokensPerDay) tokens a day"), \(userMaxTasks) tasks",
             "max body: \(maxBodyBytes) bytes, model connect timeout: \(connectTimeoutMilliseconds) ms, stall timeout: \(stallTimeoutSeconds) s",
         ]
     }

@@ -11,15 +11,47 @@ final class FastCGIExchange: ResponseWriter {
     private let request: UnsafeMutablePointer<FCGX_Request>
     private var pendingHead: [UInt8] = []
     private(set) var headWritten = false
+    var extraHeaders: [(String, String)] = []
     private(set) var status = 0
     private var failed = false
     /// The request body was read to its end: nothing from the server is left unread.
     private(set) var inputFullyRead = false
     /// What may still be written without blocking, by the reckoning in `hasRoom`.
     private var provenRoom = 0
+    /// nginx's `$request_id` (the `REQUEST_ID` param) when it is a plausible id, else a new one.
+    let requestID: String
+    private let metrics: ServerMetrics
+    /// The response is an event stream: counted among the open streams until it finishes.
+    private var streaming = false
 
-    init(_ request: UnsafeMutablePointer<FCGX_Request>) {
+    init(_ request: UnsafeMutablePointer<FCGX_Request>, metrics: ServerMetrics) {
         self.request = request
+        self.metrics = metrics
+        let given = FCGX_GetParam("REQUEST_ID", request.pointee.envp).map { String(cString: $0) }
+        requestID = given.flatMap(Self.plausibleRequestID) ?? Self.newRequestID()
+    }
+
+    /// Letters, digits, `-`, `_` and `.`, at most 64: it is echoed in a header and a log line.
+    static func plausibleRequestID(_ text: String) -> String? {
+        let allowed = text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }
+        return allowed && (1...64).contains(text.utf8.count) ? text : nil
+    }
+
+    /// 32 hex digits, as nginx makes `$request_id`.
+    static func newRequestID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let halves: (UInt64, UInt64) = (generator.next(), generator.next())
+        return String(unsafeUninitializedCapacity: 32) { text in
+            for index in 0..<32 {
+                let half = index < 16 ? halves.0 : halves.1
+                let nibble = UInt8(truncatingIfNeeded: half >> UInt64(60 - 4 * (index % 16))) & 0xF
+                text[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+            }
+            return 32
+        }
     }
 
     var clientDescriptor: Int32? { request.pointee.ipcFd >= 0 ? request.pointee.ipcFd : nil }
@@ -66,6 +98,7 @@ final class FastCGIExchange: ResponseWriter {
         var httpRequest = HTTPRequest(
             method: method, path: path.isEmpty ? "/" : path,
             contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
+        httpRequest.requestID = requestID
         if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
 
         let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
@@ -110,11 +143,20 @@ final class FastCGIExchange: ResponseWriter {
         headWritten = true
         self.status = status
         var head = Array("Status: \(status) \(HTTPStatus.reason(status))\r\n".utf8)
-        for (name, value) in headers {
+        if headers.contains(where: { $0.0 == "Content-Type" && $0.1.hasPrefix("text/event-stream") }) {
+            streaming = true
+            metrics.streamsChanged(by: 1)
+        }
+        head.reserveCapacity(256)
+        for (name, value) in headers + extraHeaders + [("X-Request-Id", requestID)] {
             head += name.utf8
             head += ": ".utf8
             // A value relayed from upstream (Retry-After) must never be able to end the head.
-            head += value.utf8.lazy.filter { $0 != UInt8(ascii: "\r") && $0 != UInt8(ascii: "\n") }
+            if value.utf8.contains(where: { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") }) {
+                head += value.utf8.lazy.filter { $0 != UInt8(ascii: "\r") && $0 != UInt8(ascii: "\n") }
+            } else {
+                head += value.utf8
+            }
             head += "\r\n".utf8
         }
         head += "\r\n".utf8
@@ -150,6 +192,7 @@ final class FastCGIExchange: ResponseWriter {
     /// A head with no body yet (a 204, say) still has to reach the client.
     func finish() {
         if !pendingHead.isEmpty { _ = write([]) }
+        if streaming { metrics.streamsChanged(by: -1) }
     }
 }
 

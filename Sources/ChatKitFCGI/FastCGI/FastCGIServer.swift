@@ -125,7 +125,7 @@ public final class FastCGIServer: Sendable {
                 continue
             }
             app.lifecycle.requestStarted()
-            let exchange = FastCGIExchange(request)
+            let exchange = FastCGIExchange(request, metrics: app.metrics)
             var log: RequestLog
             switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
             case .success(let httpRequest):
@@ -135,7 +135,9 @@ public final class FastCGIServer: Sendable {
                 error.write(to: exchange)
             }
             exchange.finish()
+            log.requestID = exchange.requestID
             log.status = exchange.status
+            app.metrics.recordRequest(face: log.face, status: log.status, seconds: log.seconds)
             // libfcgi closes with a lingering close, so that input we never read cannot turn
             // into a connection reset that loses the answer. With the input read to its end a
             // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks

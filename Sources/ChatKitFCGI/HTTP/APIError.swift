@@ -10,6 +10,7 @@ public enum APIError: Error, Equatable {
     case unsupportedMediaType
     case invalidBody(String)
     case model(ModelError)
+    case limitReached(LimitReached)
     case storageUnavailable
     case shuttingDown
 
@@ -24,7 +25,7 @@ public enum APIError: Error, Equatable {
         case .unsupportedMediaType: 415
         case .invalidBody: 422
         // 429 passes through so clients can honour Retry-After; other model failures are a bad gateway.
-        case .model(.http(429, _, _)): 429
+        case .model(.http(429, _, _)), .limitReached: 429
         case .model(.timedOut): 504
         case .model: 502
         case .storageUnavailable, .shuttingDown: 503
@@ -44,6 +45,7 @@ public enum APIError: Error, Equatable {
         case .model(.unreachable): "the model server is unreachable"
         case .model(.streamError): "the model server sent a broken stream"
         case .model(.cancelled): "cancelled"
+        case .limitReached(let limit): limit.detail
         case .storageUnavailable: "storage is temporarily unavailable; retry"
         case .shuttingDown: "the server is restarting; retry"
         }
@@ -59,6 +61,7 @@ public enum APIError: Error, Equatable {
         case .methodNotAllowed(let allowed): return [("Allow", allowed.joined(separator: ", "))]
         case .model(.http(429, _, let retryAfter?)): return [("Retry-After", retryAfter)]
         case .storageUnavailable, .shuttingDown: return [("Retry-After", "1")]
+        case .limitReached(let limit): return [("Retry-After", String(limit.retryAfterSeconds))]
         default: return []
         }
     }
@@ -70,6 +73,7 @@ public enum APIError: Error, Equatable {
         switch error {
         case let known as APIError: return known
         case let auth as AuthError: return .unauthorized(auth)
+        case let limit as LimitReached: return .limitReached(limit)
         case StoreError.conversationDeleted: return .notFound("the conversation was deleted")
         case StoreError.busy:
             Log.warning("\(request.method) \(request.path): every database connection is busy")

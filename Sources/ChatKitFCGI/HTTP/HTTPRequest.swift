@@ -9,6 +9,8 @@ public struct HTTPRequest: Sendable {
     /// Lower-cased names with `-` as separator (`authorization`, `x-request-id`).
     public var headers: [String: String]
     public var body: [UInt8]
+    /// Names this request in the response (`X-Request-Id`) and the log line.
+    public var requestID = ""
 
     public init(method: String, path: String, contentType: String? = nil,
                 headers: [String: String] = [:], body: [UInt8] = []) {
@@ -35,6 +37,8 @@ extension HTTPRequest {
 /// Where a handler writes its answer. The FastCGI edge implements it; tests record it.
 public protocol ResponseWriter: AnyObject {
     var headWritten: Bool { get }
+    /// Headers that go on whatever answer follows (the user's rate-limit standing).
+    var extraHeaders: [(String, String)] { get set }
     /// Writes the status line and headers; they leave with the first flush.
     func writeHead(status: Int, headers: [(String, String)])
     /// Writes and flushes. False means the client has gone away.

@@ -1,3 +1,5 @@
+import Glibc
+
 /// Why a model call did not produce a complete answer.
 public enum ModelError: Error, Equatable, CustomStringConvertible {
     /// Could not reach the model server, or it stalled.
@@ -9,6 +11,17 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     case streamError(String)
     /// Our client went away (or we are shutting down), so the transfer was stopped.
     case cancelled
+
+    /// A failure a second try may not meet (OpenAI's SDKs retry the same ones): a connection
+    /// that failed or broke before an answer, a timeout, rate limiting, a server error. Never a
+    /// request the server refused as it stands (400, 401, 403, 404, 422).
+    public var isRetryable: Bool {
+        switch self {
+        case .unreachable, .timedOut, .streamError: true
+        case .http(let status, _, _): status == 408 || status == 409 || status == 429 || status >= 500
+        case .cancelled: false
+        }
+    }
 
     public var description: String {
         switch self {
@@ -30,6 +43,8 @@ public struct ModelTurn {
     public var toolCalls: [ToolCall] = []
     public var finishReason: String?
     public var usage = ChatCompletionChunk.Usage()
+    /// How many times the call was sent again after failing before any output.
+    public var retries = 0
 }
 
 /// What the model client reports while a stream runs. Every method is called on the transfer
@@ -76,6 +91,13 @@ public final class ModelClient: ChatModel {
         public var model: String
         public var connectTimeoutMilliseconds = 5_000
         public var stallTimeoutSeconds = 60
+        /// Sendings again of a call that failed before any output reached our client.
+        public var retries = 2
+        /// The first backoff; each next one doubles, up to `maximumBackoffMilliseconds`.
+        public var initialBackoffMilliseconds = 500.0
+        public var maximumBackoffMilliseconds = 8_000.0
+        /// A server's `Retry-After` is honoured up to this.
+        public var maximumRetryAfterMilliseconds = 20_000.0
 
         public init(baseURL: String, apiKey: String?, model: String) {
             self.baseURL = baseURL
@@ -86,14 +108,18 @@ public final class ModelClient: ChatModel {
 
     private let settings: Settings
     private let http: HTTPClient
+    private let metrics: ServerMetrics?
+    private let metricSeries: ServerMetrics.ModelCallSeries?
     /// The largest error body we keep from a failing server.
     static let errorBodyLimit = 64 << 10
     /// The most stream data one answer may carry; a server that sends more is broken.
     static let answerByteLimit = 32 << 20
 
-    public init(settings: Settings, http: HTTPClient) {
+    public init(settings: Settings, http: HTTPClient, metrics: ServerMetrics? = nil) {
         self.settings = settings
         self.http = http
+        self.metrics = metrics
+        metricSeries = metrics?.modelCallSeries(model: settings.model)
     }
 
     public func requestBody(messages: [ChatMessage], tools: ToolDefinitions) -> [UInt8] {
@@ -112,28 +138,70 @@ public final class ModelClient: ChatModel {
         return body
     }
 
+    /// One call, sent again (as the official OpenAI SDKs do) when it failed in a way a second
+    /// try may not, and nothing of it reached our client yet: never after output began.
     public func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
-        var turn = ModelTurn()
-        do throws(ModelError) {
-            try stream(messages: messages, tools: tools, observer: observer, into: &turn)
-        } catch {
-            turn.failure = error
+        let body = requestBody(messages: messages, tools: tools)
+        var retries = 0
+        while true {
+            let started = Clock.monotonicMilliseconds()
+            var turn = ModelTurn()
+            let reader = AnswerReader(observer: observer)
+            do throws(ModelError) {
+                try stream(body, reader: reader, into: &turn)
+            } catch {
+                turn.failure = error
+            }
+            if turn.usage == ChatCompletionChunk.Usage(), reader.answered {
+                // Cut off before the usage record: a token is about four bytes, in and out.
+                let produced = turn.text.utf8.count + turn.refusal.utf8.count + reader.accumulator.finish()
+                    .reduce(0) { $0 + $1.arguments.utf8.count }
+                turn.usage = ChatCompletionChunk.Usage(promptTokens: body.count / 4, completionTokens: (produced + 3) / 4)
+            }
+            if let metrics, let metricSeries {
+                metrics.recordModelCall(
+                    metricSeries, model: settings.model, seconds: (Clock.monotonicMilliseconds() - started) / 1000,
+                    firstChunkAfter: reader.firstChunkAt.map { ($0 - started) / 1000 }, usage: turn.usage, failure: turn.failure)
+            }
+            guard let failure = turn.failure, failure.isRetryable, !reader.deliveredOutput, retries < settings.retries,
+                waitBeforeRetry(retries + 1, after: failure, observer: observer)
+            else {
+                turn.retries = retries
+                return turn
+            }
+            retries += 1
+            metrics?.upstreamRetries.add()
         }
-        return turn
     }
 
-    private func stream(
-        messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver, into turn: inout ModelTurn
-    ) throws(ModelError) {
+    /// Backs off before sending again: exponentially with jitter, or as long as the server's
+    /// `Retry-After` asks (capped). Waits in slices so keepalives go out and a client gone or a
+    /// shutdown ends the wait; false when it did.
+    private func waitBeforeRetry(_ attempt: Int, after failure: ModelError, observer: ModelStreamObserver) -> Bool {
+        var milliseconds = min(settings.initialBackoffMilliseconds * Double(1 << min(attempt - 1, 16)),
+                               settings.maximumBackoffMilliseconds)
+        milliseconds *= Double.random(in: 0.75...1.25)
+        if case .http(_, _, let retryAfter?) = failure, let seconds = Double(retryAfter.trimmed()), seconds >= 0 {
+            milliseconds = min(seconds * 1000, settings.maximumRetryAfterMilliseconds)
+        }
+        let deadline = Clock.monotonicMilliseconds() + milliseconds
+        while true {
+            let left = deadline - Clock.monotonicMilliseconds()
+            guard left > 0 else { return true }
+            usleep(UInt32(min(left, 100) * 1000))
+            guard observer.idle(canWrite: observer.outputHasRoom) else { return false }
+        }
+    }
+
+    private func stream(_ body: [UInt8], reader: AnswerReader, into turn: inout ModelTurn) throws(ModelError) {
         var request = HTTPClient.Request(url: settings.baseURL + "/chat/completions")
         request.method = "POST"
         request.headers = ["Content-Type: application/json", "Accept: text/event-stream"]
         if let key = settings.apiKey { request.headers.append("Authorization: Bearer \(key)") }
-        request.body = requestBody(messages: messages, tools: tools)
+        request.body = body
         request.connectTimeoutMilliseconds = settings.connectTimeoutMilliseconds
         request.stallTimeoutSeconds = settings.stallTimeoutSeconds
 
-        let reader = AnswerReader(observer: observer)
         let head: HTTPResponseHead
         do throws(TransferError) {
             head = try http.perform(request, into: reader)
@@ -178,6 +246,10 @@ final class AnswerReader: TransferConsumer {
     /// Set when reading stopped for a reason of our own (a broken chunk, a client gone).
     private(set) var failure: ModelError?
     private(set) var errorBody: [UInt8] = []
+    /// A chunk was handed on to our client: from then on the call is never sent again.
+    private(set) var deliveredOutput = false
+    /// When the first body byte arrived (monotonic milliseconds).
+    private(set) var firstChunkAt: Double?
     private var decoder = SSEDecoder()
     private var sawDone = false
     private var answerBytes = 0
@@ -186,6 +258,9 @@ final class AnswerReader: TransferConsumer {
     init(observer: ModelStreamObserver) {
         self.observer = observer
     }
+
+    /// The server answered 2xx: whatever came, the model worked on it.
+    var answered: Bool { (200..<300).contains(status) }
 
     /// The server said the answer is finished.
     var isComplete: Bool { sawDone || turn.finishReason != nil }
@@ -196,6 +271,7 @@ final class AnswerReader: TransferConsumer {
     func head(_ head: HTTPResponseHead) { status = head.status }
 
     func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if firstChunkAt == nil { firstChunkAt = Clock.monotonicMilliseconds() }
         guard (200..<300).contains(status) else {
             errorBody.append(contentsOf: bytes.prefix(ModelClient.errorBodyLimit - errorBody.count))
             return true
@@ -232,6 +308,7 @@ final class AnswerReader: TransferConsumer {
             // A payload spread over several data lines is re-encoded onto one line for our client
             // (the chunk was read, so it parses).
             let payload = event.spansLines ? ((try? JSON.parse(event.dataBytes))?.serializedBytes ?? []) : event.dataBytes
+            deliveredOutput = true
             if !observer.modelChunk(payload: payload, parsed: chunk) {
                 failure = .cancelled
                 return false

@@ -52,6 +52,15 @@ public final class PostgresStore: Store {
         );
         CREATE INDEX tasks_by_user ON tasks (user_id, id);
         """,
+        // Model tokens charged to each user per UTC day, for CHATKIT_USER_TOKENS_PER_DAY.
+        """
+        CREATE TABLE token_usage (
+            user_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            tokens BIGINT NOT NULL,
+            PRIMARY KEY (user_id, day)
+        );
+        """,
     ]
 
     /// Held for the migration's transaction, so hosts that start together migrate one at a time
@@ -60,6 +69,8 @@ public final class PostgresStore: Store {
     private static let migrationLock: Int64 = 0x6368_6174_6b69_7401
 
     public var latestSchemaVersion: Int { Self.migrations.count }
+
+    public func ping() throws { _ = try database.transaction([PostgresStatement("SELECT 1")]) }
 
     public var schemaVersion: Int {
         get throws {
@@ -278,13 +289,19 @@ public final class PostgresStore: Store {
 
     private static let taskColumns = TodoTask.columns(completed: "completed::int")
 
-    public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
+    public func addTask(userID: String, title: String, description: String?, limit: Int) throws -> TodoTask? {
         let now = Self.now()
-        let id = try one(
-            "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING id",
-            [.text(userID), .text(title), SQLValue(description), .integer(now)]
-        ).integer(0, 0)
-        return TodoTask(id: id, title: title.storable, description: description?.storable, completed: false, createdAt: now)
+        let added = try one(
+            """
+            INSERT INTO tasks (user_id, title, description, created_at, updated_at)
+            SELECT $1::text, $2::text, $3::text, $4::bigint, $4::bigint
+            WHERE (SELECT count(*) FROM tasks WHERE user_id = $1::text) < $5::bigint
+            RETURNING id
+            """,
+            [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(Int64(limit))])
+        guard added.count == 1 else { return nil }
+        return TodoTask(id: added.integer(0, 0), title: title.storable, description: description?.storable, completed: false,
+                        createdAt: now)
     }
 
     public func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask] {
@@ -317,6 +334,22 @@ public final class PostgresStore: Store {
             """,
             [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)]
         ).first(TodoTask.init(row:))
+    }
+
+    // MARK: Token budgets
+
+    public func tokensUsed(userID: String, day: String) throws -> Int {
+        let rows = try one("SELECT tokens FROM token_usage WHERE user_id = $1 AND day = $2", [.text(userID), .text(day)])
+        return rows.count == 0 ? 0 : Int(rows.integer(0, 0))
+    }
+
+    public func chargeTokens(userID: String, day: String, tokens: Int) throws {
+        _ = try one(
+            """
+            INSERT INTO token_usage (user_id, day, tokens) VALUES ($1, $2, $3)
+            ON CONFLICT (user_id, day) DO UPDATE SET tokens = token_usage.tokens + excluded.tokens
+            """,
+            [.text(userID), .text(day), .integer(Int64(tokens))])
     }
 
     private static func now() -> Int64 { Clock.unixMilliseconds() }

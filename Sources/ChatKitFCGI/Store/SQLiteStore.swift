@@ -86,10 +86,21 @@ public final class SQLiteStore: Store {
         UPDATE messages SET awaiting_result = 1
             WHERE json_extract(item, '$.type') = 'client_tool_call' AND json_extract(item, '$.status') = 'pending';
         """,
+        // Model tokens charged to each user per UTC day, for CHATKIT_USER_TOKENS_PER_DAY.
+        """
+        CREATE TABLE token_usage (
+            user_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            PRIMARY KEY (user_id, day)
+        ) WITHOUT ROWID;
+        """,
     ]
 
     public var schemaVersion: Int { Self.schemaVersion(of: reader) }
     public var latestSchemaVersion: Int { Self.migrations.count }
+
+    public func ping() throws { _ = try reader.query("SELECT 1") { $0.integer(0) } }
 
     private static func schemaVersion(of connection: SQLiteConnection) -> Int {
         (try? connection.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
@@ -315,15 +326,20 @@ public final class SQLiteStore: Store {
     private static let taskColumns = TodoTask.columns(completed: "completed")
     private static func task(_ row: SQLiteRow) -> TodoTask { TodoTask(row: row) }
 
-    public func addTask(userID: String, title: String, description: String?) throws -> TodoTask {
+    public func addTask(userID: String, title: String, description: String?, limit: Int) throws -> TodoTask? {
         let now = Self.now()
-        let id = try write { writer in
-            try writer.run(
-                "INSERT INTO tasks (user_id, title, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now)])
-            return writer.lastInsertRowID
+        let id = try write { writer -> Int64? in
+            // The count and the insert in one statement: no two adds both take the last place.
+            let added = try writer.run(
+                """
+                INSERT INTO tasks (user_id, title, description, created_at, updated_at)
+                SELECT ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM tasks WHERE user_id = ?) < ?
+                """,
+                [.text(userID), .text(title), SQLValue(description), .integer(now), .integer(now), .text(userID),
+                 .integer(Int64(limit))])
+            return added == 1 ? writer.lastInsertRowID : nil
         }
-        return TodoTask(id: id, title: title.storable, description: description?.storable, completed: false, createdAt: now)
+        return id.map { TodoTask(id: $0, title: title.storable, description: description?.storable, completed: false, createdAt: now) }
     }
 
     public func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask] {
@@ -371,6 +387,25 @@ public final class SQLiteStore: Store {
                 [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
         }
         return changed == 0 ? nil : try task(id: id, userID: userID, in: reader)
+    }
+
+    // MARK: Token budgets
+
+    public func tokensUsed(userID: String, day: String) throws -> Int {
+        Int(try reader.query("SELECT tokens FROM token_usage WHERE user_id = ? AND day = ?", [.text(userID), .text(day)]) {
+            $0.integer(0)
+        }.first ?? 0)
+    }
+
+    public func chargeTokens(userID: String, day: String, tokens: Int) throws {
+        try write { writer in
+            try writer.run(
+                """
+                INSERT INTO token_usage (user_id, day, tokens) VALUES (?, ?, ?)
+                ON CONFLICT (user_id, day) DO UPDATE SET tokens = tokens + excluded.tokens
+                """,
+                [.text(userID), .text(day), .integer(Int64(tokens))])
+        }
     }
 
     private static func now() -> Int64 { Clock.unixMilliseconds() }

@@ -42,6 +42,8 @@ extension DatabaseLocation {
 public protocol Store: AnyObject {
     /// Brings the schema up to date; safe when several processes start at once.
     func migrate() throws
+    /// A trivial query: whether the database answers now (`/readyz`).
+    func ping() throws
     /// How many migration steps the database has had, and how many this build knows.
     var schemaVersion: Int { get throws }
     var latestSchemaVersion: Int { get }
@@ -78,11 +80,16 @@ public protocol Store: AnyObject {
     /// Returns how many of `itemIDs` belong to the conversation and were marked.
     func setFeedback(conversationID: Int64, itemIDs: [String], positive: Bool) throws -> Int
 
-    func addTask(userID: String, title: String, description: String?) throws -> TodoTask
+    /// Nil when the user has `limit` tasks already.
+    func addTask(userID: String, title: String, description: String?, limit: Int) throws -> TodoTask?
     func tasks(userID: String, filter: TaskFilter) throws -> [TodoTask]
     func completeTask(id: Int64, userID: String) throws -> TodoTask?
     func deleteTask(id: Int64, userID: String) throws -> TodoTask?
     func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask?
+
+    /// Model tokens charged to the user on `day` (`YYYY-MM-DD`, UTC), on every host.
+    func tokensUsed(userID: String, day: String) throws -> Int
+    func chargeTokens(userID: String, day: String, tokens: Int) throws
 }
 
 extension Store {
@@ -105,5 +112,25 @@ extension Array where Element == ChatMessage {
     /// Drops leading tool results whose assistant call fell outside the window.
     func trimmedToWholeToolTurns() -> ArraySlice<ChatMessage> {
         self.drop(while: { $0.role == .tool })
+    }
+
+    /// The newest messages whose text takes at most `bytes`, never starting between a call and
+    /// its result; the newest message is kept whatever its size.
+    func newest(fittingIn bytes: Int) -> ArraySlice<ChatMessage> {
+        var size = 0
+        var start = endIndex
+        while start > startIndex {
+            size += self[start - 1].byteCount
+            if size > bytes, start < endIndex { break }
+            start -= 1
+        }
+        return Array(self[start...]).trimmedToWholeToolTurns()
+    }
+}
+
+extension ChatMessage {
+    /// What the message weighs in a request: its text and its calls' arguments.
+    var byteCount: Int {
+        (content?.utf8.count ?? 0) + toolCalls.reduce(0) { $0 + $1.arguments.utf8.count + $1.name.utf8.count + $1.id.utf8.count }
     }
 }

@@ -32,9 +32,12 @@ public enum TaskTools {
         output: .object(summarySchema),
         hints: Tool.Hints(destructive: false)
     ) { arguments, context in
-        let task = try context.store.addTask(
+        guard let task = try context.store.addTask(
             userID: context.userID, title: String(arguments.string("title")!.trimmed()),
-            description: arguments.string("description"))
+            description: arguments.string("description"), limit: context.maxTasks)
+        else {
+            throw ToolError("the todo list is full (\(context.maxTasks) tasks): delete some first")
+        }
         return summary(task, status: "created")
     }
 

@@ -9,10 +9,13 @@ public struct ToolError: Error, Equatable, CustomStringConvertible {
 public struct ToolContext {
     public let userID: String
     public let store: any Store
+    /// How many tasks the user may keep.
+    public let maxTasks: Int
 
-    public init(userID: String, store: any Store) {
+    public init(userID: String, store: any Store, maxTasks: Int = 1000) {
         self.userID = userID
         self.store = store
+        self.maxTasks = maxTasks
     }
 }
 
@@ -79,8 +82,18 @@ public struct ToolArguments {
 /// The set of tools offered to a model, and the one way to run a call.
 public struct Toolbox: Sendable {
     public let tools: [Tool]
+    /// Told of every run: the tool's name (`unknown` for a name no tool has) and whether it
+    /// succeeded.
+    private var recorder: (@Sendable (_ tool: String, _ succeeded: Bool) -> Void)?
 
     public init(_ tools: [Tool]) { self.tools = tools }
+
+    /// The same tools, each run also reported to `recorder`.
+    public func recording(_ recorder: @escaping @Sendable (_ tool: String, _ succeeded: Bool) -> Void) -> Toolbox {
+        var recorded = self
+        recorded.recorder = recorder
+        return recorded
+    }
 
     public func tool(named name: String) -> Tool? { tools.first { $0.name == name } }
 
@@ -94,13 +107,26 @@ public struct Toolbox: Sendable {
         do throws(JSONParseError) {
             return run(name: name, arguments: try JSON.parse(String(text)), context: context)
         } catch {
-            guard tool(named: name) != nil else { return .failure(unknownTool(name)) }
-            return .failure(ToolError("arguments are not valid JSON: \(error)"))
+            guard tool(named: name) != nil else { return recorded(name, .failure(unknownTool(name))) }
+            return recorded(name, .failure(ToolError("arguments are not valid JSON: \(error)")))
         }
     }
 
     /// Runs one call whose arguments are already JSON (MCP sends them that way).
     public func run(name: String, arguments: JSON, context: ToolContext) -> Result<JSON, ToolError> {
+        recorded(name, runUnrecorded(name: name, arguments: arguments, context: context))
+    }
+
+    private func recorded(_ name: String, _ result: Result<JSON, ToolError>) -> Result<JSON, ToolError> {
+        if let recorder {
+            let succeeded = if case .success = result { true } else { false }
+            // A name the model made up is not a label: the metrics would grow without bound.
+            recorder(tool(named: name) == nil ? "unknown" : name, succeeded)
+        }
+        return result
+    }
+
+    private func runUnrecorded(name: String, arguments: JSON, context: ToolContext) -> Result<JSON, ToolError> {
         guard let tool = tool(named: name) else { return .failure(unknownTool(name)) }
         do throws(ToolError) {
             try SchemaValidator.validate(arguments, against: tool.parameters)

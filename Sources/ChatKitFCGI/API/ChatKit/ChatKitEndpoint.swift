@@ -3,6 +3,7 @@
 struct ChatKitEndpoint: Endpoint {
     let worker: Worker
 
+    var face: String { "chatkit" }
     var allowedMethods: [String] { ["POST"] }
 
     /// After the stream started: an `error` event the UI shows in its own words.
@@ -11,7 +12,7 @@ struct ChatKitEndpoint: Endpoint {
     }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
-        let user = try worker.app.verifier.verify(authorizationHeader: request.headers["authorization"]).subject
+        let user = try worker.admit(request, writer: writer)
         try ChatKitRequests(worker: worker, user: user, store: try worker.store()).handle(request, writer: writer, log: &log)
     }
 }
@@ -23,6 +24,12 @@ struct ChatKitRequests {
     let worker: Worker
     let user: String
     let store: any Store
+
+    /// The requests that run a turn: each takes one of the user's stream places and is charged
+    /// the tokens it used.
+    static let callsTheModel: Set<String> = [
+        "threads.create", "threads.add_user_message", "threads.retry_after_item", "threads.add_client_tool_output",
+    ]
 
     static let defaultPageSize = 20
     static let maximumPageSize = 100
@@ -49,6 +56,10 @@ struct ChatKitRequests {
         guard let params = envelope["params"], case .object = params else {
             throw APIError.invalidBody(#"params must be an object; \#(type) takes {"type":"\#(type)","params":{\#(Self.parameterHint(type))}}"#)
         }
+        if Self.callsTheModel.contains(type) {
+            try worker.beginModelUse(by: user, store: store, writer: writer)
+        }
+        defer { if Self.callsTheModel.contains(type) { worker.endModelUse(by: user, store: store, usage: log.usage) } }
         switch type {
         case "threads.create": try create(params, writer: writer, log: &log)
         case "threads.add_user_message": try addUserMessage(params, writer: writer, log: &log)
@@ -269,9 +280,10 @@ struct ChatKitRequests {
         stream.titleToStore = truncatedTitle
         let history = try knownHistory
             ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
-        let summary = try worker.chatKitAgent.run(history: history, context: ToolContext(userID: user, store: store),
+        let summary = try worker.chatKitAgent.run(history: history, context: worker.toolContext(for: user, store: store),
                                                   observer: stream, record: stream.record)
         log.rounds = summary.rounds
+        log.retries = summary.retries
         log.usage = summary.usage
         try stream.finish(summary.end, log: &log)
         if let titleSourceIfUntitled, !sse.clientGone {

@@ -123,12 +123,14 @@ final class ChatKitStream: TurnStream {
     }
 
     /// One line a person can read: the task title, or how many tasks a listing found.
+    /// A list cut short for the model (`Agent.bounded`) is described by what it kept.
     private static func describe(_ result: JSON) -> String {
         if let title = result["title"]?.stringValue { return title }
-        if let tasks = result.arrayValue {
-            return tasks.isEmpty ? "No tasks" : tasks.compactMap { $0["title"]?.stringValue }.joined(separator: ", ")
+        if let tasks = result.arrayValue ?? result["items"]?.arrayValue {
+            let text = tasks.isEmpty ? "No tasks" : tasks.compactMap { $0["title"]?.stringValue }.joined(separator: ", ")
+            return String(Titles.prefix(Substring(text), characters: 500).0)
         }
-        return result.serialized
+        return String(Titles.prefix(Substring(result.serialized), characters: 500).0)
     }
 
     private func workflowBody(_ workflow: OpenWorkflow, summary: JSON?) -> JSON {

@@ -3,6 +3,7 @@
 struct MCPEndpoint: Endpoint {
     let worker: Worker
 
+    var face: String { "mcp" }
     var allowedMethods: [String] { ["POST"] }
 
     /// A browser asks (`OPTIONS` with an `Origin`) before it sends `Authorization` cross-origin.
@@ -31,10 +32,11 @@ struct MCPEndpoint: Endpoint {
             let metadata = ResourceMetadataEndpoint(config: worker.app.config).documentURL(for: request)
             throw APIError.unauthorized(error, resourceMetadata: metadata)
         }
+        try worker.admit(user: user.subject, writer: writer)
         guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
         let reply = MCPServer(toolbox: worker.app.toolbox).respond(
             to: request.body, protocolVersionHeader: request.headers["mcp-protocol-version"]
-        ) { ToolContext(userID: user.subject, store: try worker.store()) }
+        ) { worker.toolContext(for: user.subject, store: try worker.store()) }
         writer.writeJSON(status: reply.status, reply.body, headers: headers(for: request))
     }
 
@@ -52,6 +54,7 @@ struct MCPEndpoint: Endpoint {
 struct ResourceMetadataEndpoint: Endpoint {
     let config: Config
 
+    var face: String { "metadata" }
     static let paths: Set<String> = [
         "/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/api/mcp",
     ]
