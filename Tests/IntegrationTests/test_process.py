@@ -195,6 +195,23 @@ def notify_listener(directory):
     return path, listener
 
 
+def test_the_watchdog_is_pinged_while_the_transfer_loop_turns():
+    stack = Stack(with_nginx=False)
+    try:
+        stack.responder.stop()
+        notify_path, listener = notify_listener(stack.dir)
+        watched = stack.start_responder(env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"})
+        messages = [listener.recv(4096) for _ in range(3)]
+        assert b"READY=1" in messages[0] and messages[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"], messages
+        status, _, lines = cgi_request(stack.socket, "hello", hs256_token("w"))
+        assert status == "Status: 200 OK" and lines[-1][1] == "data: [DONE]"
+        assert listener.recv(4096) == b"WATCHDOG=1"
+        watched.stop()
+        listener.close()
+    finally:
+        stack.stop()
+
+
 @pytest.mark.parametrize("launcher", ["systemd-socket-activate", "spawn-fcgi"])
 def test_the_listen_socket_can_be_handed_over(launcher):
     stack = Stack(with_nginx=False)

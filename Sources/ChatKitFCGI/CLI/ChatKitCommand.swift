@@ -93,6 +93,7 @@ public enum ChatKitCommand {
         server.startWorkers(count: config.threads)
         Log.info("serving with \(config.threads) threads (\(origin)), database \(config.database), model \(config.model) at \(config.openAIBaseURL)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
+        startWatchdog()
 
         var received: Int32 = 0
         sigwait(&stopSignals, &received)
@@ -126,6 +127,27 @@ public enum ChatKitCommand {
         Log.info(stragglers == 0 ? "stopped" : "stopped with \(stragglers) workers still busy")
         // Threads may still be running: leave without running exit handlers under them.
         _exit(0)
+    }
+
+    /// Under systemd's `WatchdogSec=`, pings `WATCHDOG=1` at half the interval while the
+    /// transfer loop, which every stream of the process goes through, still answers; a wedged
+    /// loop goes unpinged and systemd restarts the service.
+    private static func startWatchdog() {
+        guard let text = getenv("WATCHDOG_USEC").map({ String(cString: $0) }), let microseconds = Int(text), microseconds > 0
+        else { return }
+        if let pid = getenv("WATCHDOG_PID").flatMap({ pid_t(String(cString: $0)) }), pid != getpid() { return }
+        let interval = max(microseconds / 2, 10_000)
+        let started = DetachedThread.start(stackBytes: 256 << 10) {
+            while true {
+                usleep(UInt32(clamping: interval))
+                if TransferLoop.shared.answers(within: interval / 2000) {
+                    SystemdNotify.send("WATCHDOG=1")
+                } else {
+                    Log.error("the transfer loop did not answer within \(interval / 2000) ms: no watchdog ping")
+                }
+            }
+        }
+        if !started { Log.warning("could not start the watchdog thread") }
     }
 
     /// glibc gives memory back to the kernel as soon as 128 KiB lie free at the top of an arena;

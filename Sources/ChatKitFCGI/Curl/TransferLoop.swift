@@ -18,7 +18,13 @@ final class TransferLoop: @unchecked Sendable {
 
     private let multi: UnsafeMutableRawPointer
     private let epoll: Epoll
-    private let submitted: Mailbox<Transfer>
+    private let submitted: Mailbox<Submission>
+
+    /// What reaches the loop from other threads: a transfer to run, or a probe to answer.
+    private enum Submission: Sendable {
+        case transfer(Transfer)
+        case probe(Semaphore)
+    }
 
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
     /// By registration number, not descriptor: a descriptor closed and reused within one batch
@@ -60,7 +66,7 @@ final class TransferLoop: @unchecked Sendable {
 
     /// Runs `transfer` on the loop and waits for it; nil when it completed.
     func run(_ transfer: Transfer) -> TransferError? {
-        submitted.post(transfer)
+        submitted.post(.transfer(transfer))
         transfer.waitUntilDone()
         return transfer.failure
     }
@@ -100,9 +106,20 @@ final class TransferLoop: @unchecked Sendable {
         return Int32(max(0, (until - now).rounded(.up)))
     }
 
+    /// Whether the loop still turns: it answers a probe within `milliseconds` (the watchdog).
+    func answers(within milliseconds: Int) -> Bool {
+        let answered = Semaphore()
+        submitted.post(.probe(answered))
+        return answered.wait(milliseconds: milliseconds)
+    }
+
     private func takeSubmitted() {
         let now = Clock.monotonicMilliseconds()
-        for transfer in submitted.takeAll() {
+        for submission in submitted.takeAll() {
+            guard case .transfer(let transfer) = submission else {
+                if case .probe(let answered) = submission { answered.signal() }
+                continue
+            }
             transfer.nextTick = now + transfer.tickMilliseconds
             running[transfer.easy] = transfer
             if let watch = transfer.watch {
