@@ -53,6 +53,16 @@ struct ChatCompletions: Sendable {
                                     headers: status == 429 ? [("Retry-After", "1")] : []))
             }
         }
+        // "silent": the response head, then nothing; "silent head": not even the head. Either
+        // way the connection stays open until the client gives up (at most two minutes).
+        if let silence = Script.silence(messages) {
+            if silence == .afterHead {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                guard connection.write(Array(head.utf8), waiting: { _ in }) else { return false }
+            }
+            _ = connection.waitUnlessClosed(milliseconds: 120_000)
+            return false
+        }
         let plan: MockPlan
         switch Script.decide(messages) {
         case .failure(let failure):

@@ -59,6 +59,8 @@ struct MockPlan: Sendable {
 /// - `say TEXT then COMMAND` streams TEXT before what COMMAND does;
 /// - `slow [N]` streams the N words `w1 w2 ...` (default 40) 50 ms apart;
 /// - `fail NNN` answers with HTTP status NNN (400-599), as the OpenAI API does;
+/// - `silent` sends the response head and then nothing, `silent head` not even the head, until
+///   the client gives up;
 /// - `flaky N STATUS` fails the first N sendings of the same request with STATUS (or, for
 ///   `reset`, closes the connection without an answer), then answers;
 /// - `midstream error`, `truncate` and `linger` end the stream in an error record, a cut, or
@@ -150,6 +152,18 @@ enum Script {
             }
         }
         return textPlan("You said: \(c)")
+    }
+
+    enum Silence { case afterHead, beforeHead }
+
+    /// `silent` (a head, then nothing) or `silent head` (nothing at all) as the last message.
+    static func silence(_ messages: [JSON]) -> Silence? {
+        guard let last = messages.last, role(last) == "user" else { return nil }
+        switch withoutClosingPunctuation(text(of: last)).lowercased().trimmingWhitespace() {
+        case "silent": return .afterHead
+        case "silent head": return .beforeHead
+        default: return nil
+        }
     }
 
     /// `flaky N STATUS` (STATUS a number from 400 to 599, or `reset`) as the last user message.

@@ -96,7 +96,7 @@ public final class HTTPClient {
         public var headers: [String] = []
         public var body: [UInt8]?
         public var connectTimeoutMilliseconds = 5_000
-        /// Abort when fewer than one byte per second arrives for this long.
+        /// Abort when the server sends nothing for this long (timed by the transfer loop).
         public var stallTimeoutSeconds = 60
         /// Hard cap on the whole transfer; 0 means none (a model may stream for minutes).
         public var totalTimeoutMilliseconds = 0
@@ -125,8 +125,8 @@ public final class HTTPClient {
         }
         set(CURLOPT_NOSIGNAL, 1)
         set(CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMilliseconds)
-        set(CURLOPT_LOW_SPEED_LIMIT, 1)
-        set(CURLOPT_LOW_SPEED_TIME, request.stallTimeoutSeconds)
+        // The stall timeout is the transfer loop's: libcurl's low-speed check averages over a
+        // window and fires seconds late.
         set(CURLOPT_TIMEOUT_MS, request.totalTimeoutMilliseconds)
         set(CURLOPT_TCP_NODELAY, 1)
         set(CURLOPT_FOLLOWLOCATION, 0)
@@ -197,6 +197,8 @@ final class Transfer: @unchecked Sendable {
     /// Paused because `watch` could not take more output.
     var awaitingOutput = false
     var pausedSince = 0.0
+    /// When the server last sent anything, head or body (monotonic milliseconds).
+    var lastHeard = 0.0
     var nextTick = 0.0
     /// The loop's number for this transfer's registration of `watch`.
     var registration: UInt32 = 0
@@ -230,6 +232,7 @@ final class Transfer: @unchecked Sendable {
 
     /// One header line, read as bytes: this runs for every line of every model response.
     func header(_ line: UnsafeRawBufferPointer) {
+        lastHeard = Clock.monotonicMilliseconds()
         if line.starts(with: "HTTP/".utf8) {
             head = HTTPResponseHead()  // a new response (after 100-continue, say)
             return
@@ -258,6 +261,7 @@ final class Transfer: @unchecked Sendable {
     /// The number of bytes taken, 0 to abort, or CURL_WRITEFUNC_PAUSE to be called again with
     /// the same bytes once `watch` has room.
     func body(_ bytes: UnsafeRawBufferPointer) -> Int {
+        lastHeard = Clock.monotonicMilliseconds()
         guard outputHasRoom else {
             guard TransferLoop.shared.awaitOutput(for: self) else {
                 stopRequested = true

@@ -121,6 +121,7 @@ final class TransferLoop: @unchecked Sendable {
                 continue
             }
             transfer.nextTick = now + transfer.tickMilliseconds
+            transfer.lastHeard = now
             running[transfer.easy] = transfer
             if let watch = transfer.watch {
                 lastRegistration &+= 1
@@ -159,6 +160,7 @@ final class TransferLoop: @unchecked Sendable {
         }
         if events & EPOLLOUT.rawValue != 0, transfer.awaitingOutput {
             transfer.awaitingOutput = false
+            transfer.lastHeard = Clock.monotonicMilliseconds()
             do {
                 try epoll.modify(socket, events: EPOLLIN.rawValue, tag: watchTag(transfer))
             } catch {
@@ -190,9 +192,10 @@ final class TransferLoop: @unchecked Sendable {
         return true
     }
 
-    /// Each transfer's `onTick`, about every `tickMilliseconds`, told whether its client's
-    /// socket can take a write. libcurl exempts a paused transfer from its stall timeout, so a
-    /// client that reads nothing for as long ends it here.
+    /// Each transfer's tick, about every `tickMilliseconds`, told whether its client's socket
+    /// can take a write; and its two stall timers, both timed here to within a tick: a server
+    /// that sends nothing (no head, or no byte after it) for the stall timeout, and a client that
+    /// reads nothing for as long while the download is paused.
     private func sweepTicks(now: Double) {
         guard now >= nextTickSweep else { return }
         nextTickSweep = now + Self.tickSweepMilliseconds
@@ -200,6 +203,10 @@ final class TransferLoop: @unchecked Sendable {
             transfer.nextTick = now + transfer.tickMilliseconds
             if transfer.awaitingOutput, now - transfer.pausedSince >= transfer.stallTimeoutMilliseconds {
                 finish(transfer, failure: .timedOut("our client read nothing for \(Int(transfer.stallTimeoutMilliseconds / 1000)) s"))
+                continue
+            }
+            if !transfer.awaitingOutput, now - transfer.lastHeard >= transfer.stallTimeoutMilliseconds {
+                finish(transfer, failure: .timedOut("the server sent nothing for \(Int(transfer.stallTimeoutMilliseconds / 1000)) s"))
                 continue
             }
             if !transfer.tick(outputHasRoom: !transfer.awaitingOutput && transfer.outputHasRoom) {
