@@ -7,6 +7,7 @@ let package = Package(
         .executable(name: "chatkit-fcgi", targets: ["chatkit-fcgi"]),
         .executable(name: "mock-model", targets: ["mock-model"]),
         .executable(name: "bench-client", targets: ["bench-client"]),
+        .executable(name: "fuzz", targets: ["fuzz"]),
     ],
     targets: [
         .systemLibrary(name: "CFastCGI", pkgConfig: "fcgi", providers: [.apt(["libfcgi-dev"])]),
@@ -23,6 +24,8 @@ let package = Package(
         .executableTarget(name: "mock-model", dependencies: ["ChatKitFCGI", "CLinux"]),
         // The benchmark's load generator (Tests/Benchmarks/bench.py): light on the shared cores.
         .executableTarget(name: "bench-client", dependencies: ["ChatKitFCGI", "CLinux"]),
+        // The parsers' fuzz targets (Tests/fuzz); built normally, it replays inputs through them.
+        .executableTarget(name: "fuzz", dependencies: ["ChatKitFCGI"]),
         .testTarget(
             name: "ChatKitFCGITests",
             dependencies: ["ChatKitFCGI"],

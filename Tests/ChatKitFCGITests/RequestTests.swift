@@ -166,7 +166,7 @@ import Testing
 
 @Suite struct FastCGIParamTests {
     static func header(_ param: String) -> (String, String)? {
-        param.withCString { FastCGIExchange.header(fromParam: $0) }
+        param.withCString { FastCGIParams.header(fromParam: $0) }
     }
 
     @Test func httpParamsBecomeLowerCaseHeadersWithDashes() {

@@ -150,7 +150,10 @@ class Stack:
             raise
 
     def _start(self, name, argv, env, **kwargs):
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        # A sanitizer's settings (Tests/sanitize) reach every process the stack starts.
+        passed = {name: os.environ[name] for name in ("ASAN_OPTIONS", "TSAN_OPTIONS", "CHATKIT_THREAD_STACK_KIB")
+                  if name in os.environ}
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passed, **env}
         process = Process(name, argv, full_env, self.dir, **kwargs)
         self.processes.append(process)
         return process

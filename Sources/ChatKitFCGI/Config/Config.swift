@@ -21,6 +21,8 @@ public struct Config: Sendable {
     public var jwtLeewaySeconds = 60
     public var jwksCooldownSeconds = 30
     public var threads = 256
+    /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
+    public var threadStackKiB = 256
     public var socketPath: String?
     public var socketMode: UInt32 = 0o660
     public var listenBacklog = 1024
@@ -68,6 +70,7 @@ public struct Config: Sendable {
         ("JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf (default 60)"),
         ("JWT_JWKS_COOLDOWN_SECONDS", "least time between JWKS refetches for unknown kids (default 30, at least 1)"),
         ("CHATKIT_THREADS", "worker threads = concurrent requests (default 256)"),
+        ("CHATKIT_THREAD_STACK_KIB", "each worker thread's stack (default 256; sanitizer builds need more)"),
         ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
         ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 1024)"),
@@ -156,6 +159,7 @@ public struct Config: Sendable {
         // 0 would let every token with a made-up kid make its own fetch.
         integer("JWT_JWKS_COOLDOWN_SECONDS", &config.jwksCooldownSeconds, range: 1...3600)
         integer("CHATKIT_THREADS", &config.threads, range: 1...4096)
+        integer("CHATKIT_THREAD_STACK_KIB", &config.threadStackKiB, range: 64...65_536)
         config.socketPath = value("CHATKIT_SOCKET")
         if let mode = value("CHATKIT_SOCKET_MODE") {
             if let parsed = UInt32(mode, radix: 8), parsed <= 0o777 {

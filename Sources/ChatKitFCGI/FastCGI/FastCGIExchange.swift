@@ -28,16 +28,7 @@ final class FastCGIExchange: ResponseWriter {
         self.request = request
         self.metrics = metrics
         let given = FCGX_GetParam("REQUEST_ID", request.pointee.envp).map { String(cString: $0) }
-        requestID = given.flatMap(Self.plausibleRequestID) ?? Self.newRequestID()
-    }
-
-    /// Letters, digits, `-`, `_` and `.`, at most 64: it is echoed in a header and a log line.
-    static func plausibleRequestID(_ text: String) -> String? {
-        let allowed = text.utf8.allSatisfy { byte in
-            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
-                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
-        }
-        return allowed && (1...64).contains(text.utf8.count) ? text : nil
+        requestID = given.flatMap(FastCGIParams.plausibleRequestID) ?? Self.newRequestID()
     }
 
     /// 32 hex digits, as nginx makes `$request_id`.
@@ -92,7 +83,7 @@ final class FastCGIExchange: ResponseWriter {
         var headers: [String: String] = [:]
         var cursor = request.pointee.envp
         while let entry = cursor?.pointee {
-            if let (name, value) = Self.header(fromParam: entry) { headers[name] = value }
+            if let (name, value) = FastCGIParams.header(fromParam: entry) { headers[name] = value }
             cursor = cursor?.advanced(by: 1)
         }
         var httpRequest = HTTPRequest(
@@ -121,21 +112,6 @@ final class FastCGIExchange: ResponseWriter {
         guard withinLimit else { return .failure(.payloadTooLarge(limit: maxBodyBytes)) }
         httpRequest.body = body
         return .success(httpRequest)
-    }
-
-    /// `HTTP_X_USER_ID=v` becomes `("x-user-id", "v")`; other params are not headers. Read as
-    /// bytes: this runs for every parameter of every request.
-    static func header(fromParam entry: UnsafePointer<CChar>) -> (String, String)? {
-        let param = UnsafeRawBufferPointer(start: entry, count: strlen(entry))
-        guard param.starts(with: "HTTP_".utf8), let equals = param.firstIndex(of: UInt8(ascii: "=")) else { return nil }
-        let name = param[5..<equals].map { byte -> UInt8 in
-            switch byte {
-            case UInt8(ascii: "_"): UInt8(ascii: "-")
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): byte + 32
-            default: byte
-            }
-        }
-        return (String(decoding: name, as: UTF8.self), String(decoding: param[(equals + 1)...], as: UTF8.self))
     }
 
     func writeHead(status: Int, headers: [(String, String)]) {
@@ -196,3 +172,31 @@ final class FastCGIExchange: ResponseWriter {
     }
 }
 
+
+/// What the responder itself reads out of FastCGI parameters (libfcgi splits them; their
+/// values are the client's bytes).
+public enum FastCGIParams {
+    /// `HTTP_X_USER_ID=v` becomes `("x-user-id", "v")`; other params are not headers. Read as
+    /// bytes: this runs for every parameter of every request.
+    public static func header(fromParam entry: UnsafePointer<CChar>) -> (String, String)? {
+        let param = UnsafeRawBufferPointer(start: entry, count: strlen(entry))
+        guard param.starts(with: "HTTP_".utf8), let equals = param.firstIndex(of: UInt8(ascii: "=")) else { return nil }
+        let name = param[5..<equals].map { byte -> UInt8 in
+            switch byte {
+            case UInt8(ascii: "_"): UInt8(ascii: "-")
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): byte + 32
+            default: byte
+            }
+        }
+        return (String(decoding: name, as: UTF8.self), String(decoding: param[(equals + 1)...], as: UTF8.self))
+    }
+
+    /// Letters, digits, `-`, `_` and `.`, at most 64: it is echoed in a header and a log line.
+    public static func plausibleRequestID(_ text: String) -> String? {
+        let allowed = text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }
+        return allowed && (1...64).contains(text.utf8.count) ? text : nil
+    }
+}

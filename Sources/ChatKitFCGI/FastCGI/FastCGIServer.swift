@@ -77,8 +77,6 @@ public final class FastCGIServer: Sendable {
     private func setWorker(_ thread: pthread_t, idle: Bool?) {
         workers.withLock { $0[thread] = idle }
     }
-    /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
-    private static let threadStackBytes = 256 << 10
 
     public init(listenFD: Int32, app: Application) {
         self.listenFD = listenFD
@@ -87,7 +85,7 @@ public final class FastCGIServer: Sendable {
 
     public func startWorkers(count: Int) {
         for index in 0..<count {
-            let started = DetachedThread.start(stackBytes: Self.threadStackBytes) { [self] in serve() }
+            let started = DetachedThread.start(stackBytes: app.config.threadStackKiB << 10) { [self] in serve() }
             precondition(started, "the system refused to start worker thread \(index + 1) of \(count)")
         }
     }

@@ -56,13 +56,13 @@ enum ChatKitItems {
 }
 
 /// The `input` of `threads.create` and `threads.add_user_message`.
-struct UserInput {
+public struct UserInput {
     /// What the model reads: text parts and tag labels, in order.
-    let text: String
+    public let text: String
     /// The stored item body, as the client sent it.
     let itemBody: [(String, JSON)]
 
-    init(_ input: JSON?) throws(APIError) {
+    public init(_ input: JSON?) throws(APIError) {
         guard let input, case .object = input, let parts = input["content"]?.arrayValue else {
             throw .invalidBody("params.input.content must be a list of input_text or input_tag parts")
         }
