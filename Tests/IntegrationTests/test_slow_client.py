@@ -13,7 +13,9 @@ WORDS = 60_000  # about 11 MB of records: more than every buffer between the cli
 
 @pytest.fixture(scope="module")
 def impatient_stack(database_kind):
-    started = Stack(extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "1"}, database=database_kind)
+    # Long enough for the mock to start its answer even in an instrumented (sanitizer) build:
+    # the same timeout also ends a model that sends nothing.
+    started = Stack(extra_env={"CHATKIT_STALL_TIMEOUT_SECONDS": "3"}, database=database_kind)
     yield started
     started.stop()
 
@@ -75,8 +77,8 @@ def test_a_client_that_reads_nothing_for_the_stall_timeout_ends_its_model_stream
     cancelled = impatient_stack.model_stats()["streams_cancelled"]
     unread = open_unread_stream(impatient_stack.http_port, " ".join(["w"] * WORDS))
     # libcurl does not time a paused download; the responder does, and lets the model go.
-    wait_until(lambda: impatient_stack.model_stats()["streams_cancelled"] > cancelled, timeout=10,
+    wait_until(lambda: impatient_stack.model_stats()["streams_cancelled"] > cancelled, timeout=20,
                what="the paused model stream to end")
     unread.close()
-    wait_until(lambda: "our client read nothing for 1 s" in impatient_stack.responder.output(), timeout=10,
+    wait_until(lambda: "our client read nothing for 3 s" in impatient_stack.responder.output(), timeout=20,
                what="the request's log line")

@@ -248,13 +248,7 @@ final class TransferLoop: @unchecked Sendable {
     fileprivate func curlSocket(_ socket: Int32, what: Int32) {
         if what == CURL_POLL_REMOVE {
             curlSockets.remove(socket)
-            do {
-                try epoll.remove(socket)
-            } catch where error.code == ENOENT {
-                // Closed and reused before libcurl said so: the kernel dropped it already.
-            } catch {
-                Log.warning("\(error)")
-            }
+            do { try epoll.remove(socket) } catch { Log.warning("\(error)") }
             return
         }
         var events: UInt32 = 0

@@ -78,8 +78,15 @@ public final class Epoll {
         try System.call("epoll_ctl(MOD)") { clinux_epoll_set(descriptor, EPOLL_CTL_MOD, watched, events, tag) }
     }
 
+    /// A descriptor closed before it was removed is gone from the set already: the kernel
+    /// drops it with its last reference (libcurl closes a connection before it says so).
     public func remove(_ watched: Int32) throws(SystemError) {
-        try System.call("epoll_ctl(DEL)") { clinux_epoll_set(descriptor, EPOLL_CTL_DEL, watched, 0, 0) }
+        while clinux_epoll_set(descriptor, EPOLL_CTL_DEL, watched, 0, 0) != 0 {
+            let code = errno
+            if code == EINTR { continue }
+            if code == EBADF || code == ENOENT { return }
+            throw SystemError(call: "epoll_ctl(DEL)", code: code)
+        }
     }
 
     /// Waits up to `milliseconds` (-1: no limit) and calls `body` with each event's tag and bits.
