@@ -1,5 +1,4 @@
 import ChatKitFCGI
-import Synchronization
 
 /// Process-wide request log and counters shared by all connection threads.
 /// Everything sits behind one mutex: critical sections are tiny, and a single
@@ -33,7 +32,7 @@ final class MockState: Sendable {
         var attempts: [String: Int] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Logs a valid chat request; returns its request number (1, 2, ...),
     /// used for `chatcmpl-mock<n>` and `call_mock_<n>_<i>`.

@@ -1,4 +1,3 @@
-import Synchronization
 
 /// A cached JWKS with jose's refresh policy: refetch when older than `maximumAge`, and on an
 /// unknown `kid` (key rotation) at most once per `cooldown`. One fetch runs at a time; a failed
@@ -16,9 +15,9 @@ public final class JWKSource: Sendable {
     private let clock: @Sendable () -> Double
     private let cooldown: Double
     private let maximumAge: Double
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Held only while fetching, so lookups of known keys never wait for the network.
-    private let fetchLock = Mutex(())
+    private let fetchLock = Lock()
 
     public init(
         cooldown: Double = 30, maximumAge: Double = 600,
@@ -49,11 +48,11 @@ public final class JWKSource: Sendable {
         if let key = keySet?.key(id: id) {
             if clock() - fetchedAt >= maximumAge, claimRefresh() {
                 // Stale but usable: refresh on another thread, so this request never waits on it.
-                DetachedThread.start(stackBytes: 256 << 10) { [self] in fetchLock.withLock { _ in refresh() } }
+                DetachedThread.start(stackBytes: 256 << 10) { [self] in fetchLock.withLock { refresh() } }
             }
             return key
         }
-        fetchLock.withLock { _ in
+        fetchLock.withLock {
             // Whoever held the lock may have just fetched: the claim then fails on the cooldown.
             if claimRefresh() { refresh() }
         }
