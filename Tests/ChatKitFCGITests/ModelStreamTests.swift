@@ -3,7 +3,8 @@ import Testing
 
 @Suite struct ChatCompletionChunkTests {
     @Test func theRequestOffersTheToolsEncodedOnceAsItsLastMember() throws {
-        let client = ModelClient(settings: .init(baseURL: "http://127.0.0.1:9/v1", apiKey: nil, model: "m"), http: HTTPClient())
+        let client = ModelClient(settings: .init(baseURL: "http://127.0.0.1:9/v1", apiKey: nil, model: "m",
+                                                       connectTimeoutMilliseconds: 5_000, stallTimeoutSeconds: 60, retries: 2), http: HTTPClient())
         let messages = [ChatMessage(role: .system, content: "sys"), .user("hi \"there\"")]
         let tools = ToolDefinitions(TaskTools.toolbox.tools.map(\.chatCompletionsDefinition))
         let body = try JSON.parse(client.requestBody(messages: messages, tools: tools))

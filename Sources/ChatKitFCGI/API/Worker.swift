@@ -21,10 +21,10 @@ public final class Worker {
     private(set) lazy var chatKitAgent = makeAgent(clientTools: app.config.clientTools)
 
     private lazy var modelClient: ModelClient = {
-        var settings = ModelClient.Settings(baseURL: app.config.openAIBaseURL, apiKey: app.config.openAIAPIKey, model: app.config.model)
-        settings.connectTimeoutMilliseconds = app.config.connectTimeoutMilliseconds
-        settings.stallTimeoutSeconds = app.config.stallTimeoutSeconds
-        settings.retries = app.config.upstreamRetries
+        let config = app.config
+        let settings = ModelClient.Settings(baseURL: config.openAIBaseURL, apiKey: config.openAIAPIKey, model: config.model,
+                                            connectTimeoutMilliseconds: config.connectTimeoutMilliseconds,
+                                            stallTimeoutSeconds: config.stallTimeoutSeconds, retries: config.upstreamRetries)
         return ModelClient(settings: settings, http: HTTPClient(), metrics: app.metrics)
     }()
 

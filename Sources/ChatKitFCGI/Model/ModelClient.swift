@@ -89,20 +89,25 @@ public final class ModelClient: ChatModel {
         public var baseURL: String
         public var apiKey: String?
         public var model: String
-        public var connectTimeoutMilliseconds = 5_000
-        public var stallTimeoutSeconds = 60
+        public var connectTimeoutMilliseconds: Int
+        public var stallTimeoutSeconds: Int
         /// Sendings again of a call that failed before any output reached our client.
-        public var retries = 2
+        public var retries: Int
         /// The first backoff; each next one doubles, up to `maximumBackoffMilliseconds`.
         public var initialBackoffMilliseconds = 500.0
         public var maximumBackoffMilliseconds = 8_000.0
         /// A server's `Retry-After` is honoured up to this.
         public var maximumRetryAfterMilliseconds = 20_000.0
 
-        public init(baseURL: String, apiKey: String?, model: String) {
+        /// The defaults and the limits are `Config`'s.
+        public init(baseURL: String, apiKey: String?, model: String,
+                    connectTimeoutMilliseconds: Int, stallTimeoutSeconds: Int, retries: Int) {
             self.baseURL = baseURL
             self.apiKey = apiKey
             self.model = model
+            self.connectTimeoutMilliseconds = connectTimeoutMilliseconds
+            self.stallTimeoutSeconds = stallTimeoutSeconds
+            self.retries = retries
         }
     }
 
