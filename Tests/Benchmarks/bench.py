@@ -73,6 +73,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -206,6 +207,38 @@ def thread_count(pid):
     return 0
 
 
+class PeakMemory(threading.Thread):
+    """Samples the responder's VmRSS and its open streams (the `chatkit_inflight_streams`
+    gauge, read from /metrics through nginx) every `interval` s while a phase runs, and keeps
+    the peak of each: the memory the open streams hold at most, and how many they were. (RSS
+    does not fall back when streams end: freed memory stays in the allocator.)"""
+
+    def __init__(self, pid, metrics_url, interval=0.1):
+        super().__init__(daemon=True)
+        self.pid, self.metrics_url, self.interval = pid, metrics_url, interval
+        self.peak_rss_kib, self.peak_streams = 0, 0
+        self.finished = threading.Event()
+
+    def run(self):
+        while not self.finished.wait(self.interval):
+            self.peak_rss_kib = max(self.peak_rss_kib, memory_kib(self.pid).get("VmRSS", 0))
+            self.peak_streams = max(self.peak_streams, self.open_streams())
+
+    def open_streams(self):
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as reply:
+                for line in reply.read().decode().splitlines():
+                    if line.startswith("chatkit_inflight_streams"):
+                        return int(float(line.rsplit(" ", 1)[1]))
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def stop(self):
+        self.finished.set()
+        self.join()
+
+
 def children_of(pid):
     found = []
     for entry in os.listdir("/proc"):
@@ -326,6 +359,15 @@ def markdown(results, args):
             f"| {fmt(level['responder_memory_kib'].get('VmRSS', 0) / 1024, 1)} / "
             f"{fmt(level['responder_memory_kib'].get('VmHWM', 0) / 1024, 1)} |")
     lines.append("")
+    lines.append("| streams | responder idle / peak RSS (MiB) | peak open streams | **KiB per open stream** "
+                 "| chunks relayed / req | **responder CPU µs per chunk** |")
+    lines.append("|---:|---:|---:|---:|---:|---:|")
+    for level in results:
+        peak = level["responder_peak"]
+        lines.append(f"| {level['concurrency']} | {fmt(peak['idle_rss_kib'] / 1024, 1)} / {fmt(peak['peak_rss_kib'] / 1024, 1)} "
+                     f"| {peak['open_streams']} | **{fmt(peak['kib_per_stream'], 1)}** | {level['chunks_per_request']} "
+                     f"| **{fmt(level['responder_cpu_us_per_chunk'], 1)}** |")
+    lines.append("")
     lines.append("| streams | responder minor page faults / req | responder context switches / req |")
     lines.append("|---:|---:|---:|")
     for level in results:
@@ -383,9 +425,20 @@ def check_targets(results, kind="sqlite"):
 # --------------------------------------------------------------------------- main
 
 
+# Named settings for one question each; any option given on the command line wins.
+PROFILES = {
+    # Many long answers at once, as a few thousand people chatting: 60 chunks 50 ms apart
+    # (3 s per answer), from a cold responder.
+    "2000": {"threads": 2100, "concurrency": "2000", "delay_ms": 50, "words": 60, "duration": 15.0, "prewarm": False},
+}
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="settings for one question: 2000 = 2,000 streams of 60 chunks 50 ms apart, "
+                             f"{PROFILES['2000']['threads']} threads, no prewarm")
     parser.add_argument("--build-dir", default=os.path.join(REPO, ".build", "release"),
                         help="directory with chatkit-fcgi, mock-model and bench-client (default: <repo>/.build/release)")
     parser.add_argument("--threads", type=int, default=300, help="responder worker threads (default 300)")
@@ -413,6 +466,9 @@ def parse_args():
                         help="the responder's store: SQLite, a PostgreSQL server started on this machine, or one "
                              "run on each, reported side by side (default sqlite)")
     parser.add_argument("--json", help="also write the results as JSON to this path")
+    chosen, _ = parser.parse_known_args()
+    if chosen.profile:
+        parser.set_defaults(**PROFILES[chosen.profile])
     args = parser.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if args.words < 3 or not args.levels or min(args.levels) < 1 or args.delay_ms < 0:
@@ -440,6 +496,7 @@ def mock_call(stack, method, path):
 
 def benchmark(stack, args):
     client = os.path.join(args.build_dir, "bench-client")
+    idle_rss_kib = memory_kib(stack.responder.popen.pid).get("VmRSS", 0)  # started, nothing served yet
     prompt = " ".join(f"t{i}" for i in range(1, args.words - 1))  # "You said: " + words-2 more words
     token = harness.hs256_token("bench", ttl=24 * 3600)
     if args.path == "chatkit":
@@ -520,9 +577,14 @@ def benchmark(stack, args):
                 transactions_before = database.transactions()
             before = CPUSnapshot(pids)
             events_before = kernel_events(responder_pid)
+            if target is nginx:
+                peak = PeakMemory(responder_pid, f"{stack.base_url}/metrics")
+                peak.start()
             phase = run_phase(client, target, concurrency, per_slot=per_slot,
                                     stagger_s=0.0 if args.burst else mean_total)
             used = CPUSnapshot(pids).since(before)
+            if target is nginx:
+                peak.stop()
             events_after = kernel_events(responder_pid)
             summary = summarize(phase)
             summary["mock_stats"] = mock_call(stack, "GET", "/_mock/stats")
@@ -549,6 +611,14 @@ def benchmark(stack, args):
         level["machine_busy"] = busy
         level["other_busy"] = other
         level["responder_memory_kib"] = memory_kib(responder_pid)
+        level["responder_peak"] = {
+            "idle_rss_kib": idle_rss_kib, "peak_rss_kib": peak.peak_rss_kib, "open_streams": peak.peak_streams,
+            "kib_per_stream": ((peak.peak_rss_kib - idle_rss_kib) / peak.peak_streams
+                               if peak.peak_streams else float("nan"))}
+        # The model's records relayed per answer ([DONE] aside): the responder's CPU per chunk,
+        # everything it does for the request included.
+        level["chunks_per_request"] = direct.expected_records - 1
+        level["responder_cpu_us_per_chunk"] = cpu["nginx"]["responder"] * 1000 / level["chunks_per_request"]
         level["responder_threads"] = thread_count(responder_pid)
         d, n = level["direct"], level["nginx"]
         level["added_ms"] = {

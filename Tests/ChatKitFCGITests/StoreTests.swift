@@ -18,9 +18,9 @@ import Testing
                 VALUES (1, '\(id)', 'client', 'assistant', '{"type":"client_tool_call","status":"\(status)","call_id":"c","name":"n","arguments":{}}', 1)
                 """)
         }
-        let store = try SQLiteStore(path: file.path)
+        let store = SQLiteStore(path: file.path)
         try store.migrate()
-        #expect(store.schemaVersion == SQLiteStore.migrations.count)
+        #expect(try store.schemaVersion == SQLiteStore.migrations.count)
         #expect(try store.conversation(publicID: "thr_x", userID: "alice")?.title == "t")
         #expect(try store.entry(conversationID: 1, itemID: "tc_open")?.awaitingResult == true)
         #expect(try store.entry(conversationID: 1, itemID: "tc_done")?.awaitingResult == false)

@@ -29,7 +29,7 @@ final class TemporaryDatabase {
     }
 
     func store() throws -> SQLiteStore {
-        let store = try SQLiteStore(path: path)
+        let store = SQLiteStore(path: path)
         try store.migrate()
         return store
     }

@@ -55,7 +55,7 @@ public struct Config: Sendable {
     /// Every variable this program reads, with what it means; `--help` and the README print it.
     public static let variables: [(name: String, meaning: String)] = [
         ("DATABASE_URL", "sqlite:///absolute/path.db, a plain path (default ./chatkit.db), or postgresql://... (or credential database_url)"),
-        ("CHATKIT_DB_POOL_SIZE", "PostgreSQL connections this process may open (default 8)"),
+        ("CHATKIT_DB_POOL_SIZE", "database connections this process may open: SQLite readers, or PostgreSQL connections (default 8)"),
         ("CHATKIT_DB_POOL_WAIT_MS", "how long a request waits for a free connection before a 503 (default 2000)"),
         ("CHATKIT_DB_STATEMENT_TIMEOUT_MS", "PostgreSQL statement timeout (default 10000; 0: none)"),
         ("OPENAI_API_KEY", "API key for the model server (or credential openai_api_key)"),
@@ -234,7 +234,7 @@ public struct Config: Sendable {
         [
             "database: \(database)" + (database.isPostgres
                 ? " (pool \(databasePoolSize), wait \(databasePoolWaitMilliseconds) ms, statement timeout \(databaseStatementTimeoutMilliseconds) ms)"
-                : ""),
+                : " (\(databasePoolSize) readers, wait \(databasePoolWaitMilliseconds) ms)"),
             "model: \(model) at \(openAIBaseURL) (API key \(openAIAPIKey == nil ? "not set" : "set"))",
             "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
                 + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"

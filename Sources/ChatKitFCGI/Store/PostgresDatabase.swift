@@ -22,27 +22,23 @@ public final class PostgresDatabase: StoreDatabase {
 
     let url: String
     let settings: Settings
-    private let free: Semaphore
-    private let idle = Locked<[PostgresConnection]>([])
+    private let pool: ConnectionPool<PostgresConnection>
 
     public init(url: String, settings: Settings = Settings()) {
         self.url = url
         self.settings = settings
-        free = Semaphore(value: UInt32(settings.poolSize))
+        pool = ConnectionPool(
+            size: settings.poolSize, waitMilliseconds: settings.poolWaitMilliseconds,
+            open: { try PostgresConnection(url: url, connectTimeoutSeconds: settings.connectTimeoutSeconds,
+                                           applicationName: "chatkit-fcgi") },
+            isBroken: { $0.isBroken }, isStillIdle: { $0.isStillIdle })
     }
 
     public func makeStore() throws -> any Store { PostgresStore(database: self) }
 
     /// Lends a connection to `body`: an idle one, or one opened now.
     func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
-        guard free.wait(milliseconds: settings.poolWaitMilliseconds) else { throw StoreError.busy }
-        defer { free.signal() }
-        let connection = try reusableConnection() ?? PostgresConnection(
-            url: url, connectTimeoutSeconds: settings.connectTimeoutSeconds, applicationName: "chatkit-fcgi")
-        defer {
-            if !connection.isBroken { idle.withLock { $0.append(connection) } }
-        }
-        return try body(connection)
+        try pool.withConnection(body)
     }
 
     /// How many connections the server allows in all, and how many are open now (every host's,
@@ -53,18 +49,11 @@ public final class PostgresDatabase: StoreDatabase {
         return (Int(rows.integer(0, 0)), Int(rows.integer(0, 1)))
     }
 
-    /// The most recently used idle connection the server has not closed meanwhile.
-    private func reusableConnection() -> PostgresConnection? {
-        while let connection = idle.withLock({ $0.popLast() }) {
-            if connection.isStillIdle { return connection }
-        }
-        return nil
-    }
-
     /// Runs `statements` as one transaction in one round trip (see `PostgresConnection.pipeline`)
     /// and returns their results. A pipeline without BEGIN is one implicit transaction that ends
     /// at its sync: committed whole, or on the first error rolled back whole, and two statements
     /// fewer for the server than BEGIN and COMMIT around it.
+    @discardableResult
     func transaction(_ statements: [PostgresStatement]) throws -> [PostgresRows] {
         var framed: [PostgresStatement] = []
         if settings.statementTimeoutMilliseconds > 0 {

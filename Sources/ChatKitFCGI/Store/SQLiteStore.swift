@@ -1,20 +1,23 @@
-/// The embedded store. One instance per worker thread, with a connection of its own for reads;
-/// writes go through the database's group commit.
+/// The embedded store. Reads borrow one of the database's reader connections for the call;
+/// writes go through its group commit. It holds no connection of its own.
 public final class SQLiteStore: Store {
-    private let reader: SQLiteConnection
     private let database: SQLiteDatabase
 
-    public init(database: SQLiteDatabase) throws {
+    public init(database: SQLiteDatabase) {
         self.database = database
-        reader = try SQLiteConnection(path: database.path)
     }
 
-    public convenience init(path: String) throws {
-        try self.init(database: SQLiteDatabase(path: path))
+    public convenience init(path: String) {
+        self.init(database: SQLiteDatabase(path: path))
+    }
+
+    /// Every read runs on a reader connection lent for the one call.
+    private func read<T>(_ body: (_ reader: SQLiteConnection) throws -> T) throws -> T {
+        try database.read(body)
     }
 
     /// Every write goes through the database's group commit: `body` is handed the database's
-    /// writer connection, not this store's reader.
+    /// writer connection, not a reader.
     @discardableResult
     private func write<T>(_ body: (_ writer: SQLiteConnection) throws -> T) throws -> T {
         try database.write(body)
@@ -97,10 +100,10 @@ public final class SQLiteStore: Store {
         """,
     ]
 
-    public var schemaVersion: Int { Self.schemaVersion(of: reader) }
+    public var schemaVersion: Int { get throws { try read(Self.schemaVersion(of:)) } }
     public var latestSchemaVersion: Int { Self.migrations.count }
 
-    public func ping() throws { _ = try reader.query("SELECT 1") { $0.integer(0) } }
+    public func ping() throws { _ = try read { try $0.query("SELECT 1") { $0.integer(0) } } }
 
     private static func schemaVersion(of connection: SQLiteConnection) -> Int {
         (try? connection.query("PRAGMA user_version") { Int($0.integer(0)) }.first) ?? 0
@@ -141,14 +144,20 @@ public final class SQLiteStore: Store {
     }
 
     public func conversation(id: Int64, userID: String) throws -> Conversation? {
-        try reader.query(
-            "SELECT \(Self.conversationColumns) FROM conversations WHERE id = ? AND user_id = ?",
-            [.integer(id), .text(userID)], row: Self.conversation
-        ).first
+        try read { reader in
+            try reader.query(
+                "SELECT \(Self.conversationColumns) FROM conversations WHERE id = ? AND user_id = ?",
+                [.integer(id), .text(userID)], row: Self.conversation
+            ).first
+        }
     }
 
     public func conversation(publicID: String, userID: String) throws -> Conversation? {
-        try reader.query(
+        try read { try conversation(publicID: publicID, userID: userID, in: $0) }
+    }
+
+    private func conversation(publicID: String, userID: String, in connection: SQLiteConnection) throws -> Conversation? {
+        try connection.query(
             "SELECT \(Self.conversationColumns) FROM conversations WHERE public_id = ? AND user_id = ?",
             [.text(publicID), .text(userID)], row: Self.conversation
         ).first
@@ -165,17 +174,19 @@ public final class SQLiteStore: Store {
     }
 
     public func conversations(userID: String, limit: Int, after: String?, order: SortOrder) throws -> Page<Conversation>? {
-        var cursor: Int64?
-        if let after {
-            guard let found = try conversation(publicID: after, userID: userID) else { return nil }
-            cursor = found.id
+        try read { reader in
+            var cursor: Int64?
+            if let after {
+                guard let found = try conversation(publicID: after, userID: userID, in: reader) else { return nil }
+                cursor = found.id
+            }
+            let rows = try reader.query(
+                Self.conversationsPage(order),
+                [.text(userID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
+                 .integer(Int64(limit + 1))],
+                row: Self.conversation)
+            return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
         }
-        let rows = try reader.query(
-            Self.conversationsPage(order),
-            [.text(userID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
-             .integer(Int64(limit + 1))],
-            row: Self.conversation)
-        return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
     }
 
     public func rename(conversationID: Int64, title: String) throws {
@@ -222,12 +233,14 @@ public final class SQLiteStore: Store {
     }
 
     public func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage] {
-        let newestFirst = try reader.query(
-            """
-            SELECT \(Self.entryColumns) FROM messages
-            WHERE conversation_id = ? AND audience != 'client' ORDER BY id DESC LIMIT ?
-            """,
-            [.integer(conversationID), .integer(Int64(limit))], row: Self.entry)
+        let newestFirst = try read { reader in
+            try reader.query(
+                """
+                SELECT \(Self.entryColumns) FROM messages
+                WHERE conversation_id = ? AND audience != 'client' ORDER BY id DESC LIMIT ?
+                """,
+                [.integer(conversationID), .integer(Int64(limit))], row: Self.entry)
+        }
         return Array(newestFirst.reversed().map(\.message).trimmedToWholeToolTurns())
     }
 
@@ -244,17 +257,19 @@ public final class SQLiteStore: Store {
     }
 
     public func entries(conversationID: Int64, limit: Int, after: String?, order: SortOrder) throws -> Page<ConversationEntry>? {
-        var cursor: Int64?
-        if let after {
-            guard let found = try rowID(conversationID: conversationID, itemID: after, in: reader) else { return nil }
-            cursor = found
+        try read { reader in
+            var cursor: Int64?
+            if let after {
+                guard let found = try rowID(conversationID: conversationID, itemID: after, in: reader) else { return nil }
+                cursor = found
+            }
+            let rows = try reader.query(
+                Self.entriesPage(order),
+                [.integer(conversationID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
+                 .integer(Int64(limit + 1))],
+                row: Self.entry)
+            return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
         }
-        let rows = try reader.query(
-            Self.entriesPage(order),
-            [.integer(conversationID), cursor.map(SQLValue.integer) ?? .null, cursor.map(SQLValue.integer) ?? .null,
-             .integer(Int64(limit + 1))],
-            row: Self.entry)
-        return Page(data: Array(rows.prefix(limit)), hasMore: rows.count > limit)
     }
 
     private func rowID(conversationID: Int64, itemID: String, in connection: SQLiteConnection) throws -> Int64? {
@@ -264,20 +279,24 @@ public final class SQLiteStore: Store {
     }
 
     public func entry(conversationID: Int64, itemID: String) throws -> ConversationEntry? {
-        try reader.query(
-            "SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND public_id = ?",
-            [.integer(conversationID), .text(itemID)], row: Self.entry
-        ).first
+        try read { reader in
+            try reader.query(
+                "SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND public_id = ?",
+                [.integer(conversationID), .text(itemID)], row: Self.entry
+            ).first
+        }
     }
 
     public func latestVisibleEntry(conversationID: Int64) throws -> ConversationEntry? {
-        try reader.query(
-            """
-            SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND audience != 'model'
-            ORDER BY id DESC LIMIT 1
-            """,
-            [.integer(conversationID)], row: Self.entry
-        ).first
+        try read { reader in
+            try reader.query(
+                """
+                SELECT \(Self.entryColumns) FROM messages WHERE conversation_id = ? AND audience != 'model'
+                ORDER BY id DESC LIMIT 1
+                """,
+                [.integer(conversationID)], row: Self.entry
+            ).first
+        }
     }
 
     public func resolve(awaitingEntry itemID: String, in conversationID: Int64, item: JSON, result: ConversationEntry) throws
@@ -348,9 +367,11 @@ public final class SQLiteStore: Store {
         case .pending: " AND completed = 0"
         case .completed: " AND completed = 1"
         }
-        return try reader.query(
-            "SELECT \(Self.taskColumns) FROM tasks WHERE user_id = ?\(condition) ORDER BY id", [.text(userID)],
-            row: Self.task)
+        return try read { reader in
+            try reader.query(
+                "SELECT \(Self.taskColumns) FROM tasks WHERE user_id = ?\(condition) ORDER BY id", [.text(userID)],
+                row: Self.task)
+        }
     }
 
     private func task(id: Int64, userID: String, in connection: SQLiteConnection) throws -> TodoTask? {
@@ -366,7 +387,7 @@ public final class SQLiteStore: Store {
                 "UPDATE tasks SET completed = 1, updated_at = ? WHERE id = ? AND user_id = ?",
                 [.integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID, in: reader)
+        return changed == 0 ? nil : try read { try task(id: id, userID: userID, in: $0) }
     }
 
     public func deleteTask(id: Int64, userID: String) throws -> TodoTask? {
@@ -386,15 +407,17 @@ public final class SQLiteStore: Store {
                 """,
                 [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
         }
-        return changed == 0 ? nil : try task(id: id, userID: userID, in: reader)
+        return changed == 0 ? nil : try read { try task(id: id, userID: userID, in: $0) }
     }
 
     // MARK: Token budgets
 
     public func tokensUsed(userID: String, day: String) throws -> Int {
-        Int(try reader.query("SELECT tokens FROM token_usage WHERE user_id = ? AND day = ?", [.text(userID), .text(day)]) {
-            $0.integer(0)
-        }.first ?? 0)
+        Int(try read { reader in
+            try reader.query("SELECT tokens FROM token_usage WHERE user_id = ? AND day = ?", [.text(userID), .text(day)]) {
+                $0.integer(0)
+            }.first ?? 0
+        })
     }
 
     public func chargeTokens(userID: String, day: String, tokens: Int) throws {

@@ -6,8 +6,8 @@ public enum StoreError: Error, Equatable {
     case busy
 }
 
-/// What one process shares of its database, whichever it is: SQLite's group commit and writer,
-/// or PostgreSQL's connection pool.
+/// What one process shares of its database, whichever it is: SQLite's readers, group commit and
+/// writer, or PostgreSQL's connection pool.
 public protocol StoreDatabase: Sendable {
     /// A store for one worker thread.
     func makeStore() throws -> any Store
@@ -24,7 +24,8 @@ extension DatabaseLocation {
     public func open(_ config: Config, forServing: Bool = false) -> any StoreDatabase {
         switch self {
         case .sqlite(let path):
-            return SQLiteDatabase(path: path, checkpointsInBackground: forServing)
+            return SQLiteDatabase(path: path, checkpointsInBackground: forServing, readers: config.databasePoolSize,
+                                  readerWaitMilliseconds: config.databasePoolWaitMilliseconds)
         case .postgres(let url):
             var settings = PostgresDatabase.Settings()
             settings.poolSize = config.databasePoolSize
