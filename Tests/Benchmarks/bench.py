@@ -2,8 +2,8 @@
 """What nginx + chatkit-fcgi add to a streamed model answer, measured against the model itself.
 
 The benchmark starts the real stack on loopback through Tests/IntegrationTests/harness.py
-(the mock model with a fixed pause between chunks -> chatkit-fcgi, release build, >= 300
-threads -> nginx) and sends the SAME streaming chat request two ways:
+(the mock model with a fixed pause between chunks -> chatkit-fcgi, release build, serving
+>= 300 requests at once -> nginx) and sends the SAME streaming chat request two ways:
 
   direct  POST http://127.0.0.1:<model_port>/v1/chat/completions, with the exact JSON body the
           responder itself sends the model (captured from the mock's request log after a probe
@@ -13,9 +13,9 @@ threads -> nginx) and sends the SAME streaming chat request two ways:
           new conversation + user message in SQLite, the libcurl call to the same mock, every
           chunk relayed as SSE over FastCGI and nginx, the answer stored at the end.
 
-Before the first level, 2 x threads requests through nginx warm every responder thread (the
-kernel hands connections to the longest-idle thread, so requests rotate through all of them and
-each opens its SQLite and model connections on first use; --no-prewarm shows that cold cost).
+Before the first level, 2 x max-requests requests through nginx at 64 streams warm the
+responder (its worker threads, SQLite readers and model connections, all opened on first use;
+--no-prewarm shows that cold cost).
 
 The prompt makes the mock answer "You said: t1 ... tN" (default 20 words, one chunk per word,
 one record every MOCK_DELAY_MS, default 10 ms, on a fixed schedule from the first: a busy machine
@@ -53,7 +53,7 @@ Run from the repository root (needs nginx on PATH):
     swift build -c release && python3 Tests/Benchmarks/bench.py [--path chatkit]
 
     options: --build-dir DIR (with chatkit-fcgi, mock-model and bench-client; default
-             .build/release), --threads 300, --delay-ms 10, --words 20,
+             .build/release), --max-requests 300, --delay-ms 10, --words 20,
              --concurrency 1,32,256, --duration 10 (s per path per level), --requests N (per
              slot, overrides --duration), --min-samples 100, --warmup 2 (s), --burst, --no-prewarm,
              --env NAME=VALUE (for chatkit-fcgi), --json PATH
@@ -324,7 +324,7 @@ def verdict(ok):
 def markdown(results, args):
     lines = []
     lines.append(f"Path /api/{args.path}. Mock delay {args.delay_ms} ms/chunk, {args.words}-word answer ({args.words} content chunks), "
-                 f"responder {args.threads} threads{' (all warmed first)' if args.prewarm else ''}, "
+                 f"responder serving {args.max_requests} requests at once{' (warmed first)' if args.prewarm else ''}, "
                  f"fresh connection per request, native client (bench-client), "
                  f"{'slots started together (--burst)' if args.burst else 'slot starts spread over one request'}, "
                  f"{os.cpu_count()} CPUs shared by client, nginx, responder and mock.")
@@ -429,7 +429,7 @@ def check_targets(results, kind="sqlite"):
 PROFILES = {
     # Many long answers at once, as a few thousand people chatting: 60 chunks 50 ms apart
     # (3 s per answer), from a cold responder.
-    "2000": {"threads": 2100, "concurrency": "2000", "delay_ms": 50, "words": 60, "duration": 15.0, "prewarm": False},
+    "2000": {"max_requests": 2100, "concurrency": "2000", "delay_ms": 50, "words": 60, "duration": 15.0, "prewarm": False},
 }
 
 
@@ -438,10 +438,11 @@ def parse_args():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help="settings for one question: 2000 = 2,000 streams of 60 chunks 50 ms apart, "
-                             f"{PROFILES['2000']['threads']} threads, no prewarm")
+                             f"{PROFILES['2000']['max_requests']} requests at once, no prewarm")
     parser.add_argument("--build-dir", default=os.path.join(REPO, ".build", "release"),
                         help="directory with chatkit-fcgi, mock-model and bench-client (default: <repo>/.build/release)")
-    parser.add_argument("--threads", type=int, default=300, help="responder worker threads (default 300)")
+    parser.add_argument("--max-requests", type=int, default=300,
+                        help="requests the responder serves at once, CHATKIT_MAX_REQUESTS (default 300)")
     parser.add_argument("--delay-ms", type=int, default=10, help="MOCK_DELAY_MS, pause between chunks (default 10)")
     parser.add_argument("--words", type=int, default=20, help="words (content chunks) in the answer (default 20, >= 3)")
     parser.add_argument("--concurrency", default="1,32,256", help="comma-separated stream counts (default 1,32,256)")
@@ -456,7 +457,7 @@ def parse_args():
                              "request's duration; the mock's fixed timing then keeps the slots' requests "
                              "arriving in bursts of `concurrency` for the whole level")
     parser.add_argument("--no-prewarm", dest="prewarm", action="store_false",
-                        help="skip the initial 2 x threads requests that warm every responder thread")
+                        help="skip the initial 2 x max-requests requests that warm the responder")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for chatkit-fcgi, e.g. CHATKIT_HISTORY_LIMIT=20 (repeatable)")
     parser.add_argument("--path", choices=["chat", "chatkit"], default="chat",
@@ -473,8 +474,8 @@ def parse_args():
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if args.words < 3 or not args.levels or min(args.levels) < 1 or args.delay_ms < 0:
         parser.error("--words must be >= 3, --concurrency positive integers, --delay-ms >= 0")
-    if args.threads < max(args.levels):
-        parser.error("--threads must be at least the largest concurrency level")
+    if args.max_requests < max(args.levels):
+        parser.error("--max-requests must be at least the largest concurrency level")
     if any("=" not in item for item in args.env):
         parser.error("--env takes NAME=VALUE")
     args.env = dict(item.split("=", 1) for item in args.env)
@@ -536,12 +537,10 @@ def benchmark(stack, args):
 
     prewarm = None
     if args.prewarm:
-        # The responder's threads block in accept() on one socket and the kernel hands each new
-        # connection to the longest-waiting one, so requests rotate through ALL threads and each
-        # thread opens its SQLite connection and its keep-alive model connection on first use.
-        # Without this, the first ~threads requests (all of a 1-stream level) pay for that.
-        width = min(64, args.threads)
-        phase = run_phase(client, nginx, width, per_slot=math.ceil(2 * args.threads / width))
+        # Worker threads, SQLite readers and keep-alive model connections are opened on first
+        # use; without this the first requests (all of a 1-stream level) pay for that.
+        width = min(64, args.max_requests)
+        phase = run_phase(client, nginx, width, per_slot=math.ceil(2 * args.max_requests / width))
         prewarm = {"requests": len(phase["ttft"]) + sum(phase["errors"].values()), "concurrency": width,
                    "errors": sum(phase["errors"].values())}
         print(f"prewarm: {prewarm['requests']} requests through nginx at {width} streams, "
@@ -725,7 +724,7 @@ def main():
 def run_on(kind, args):
     """The whole benchmark on one store: its levels' results, or an exit status on failure."""
     try:
-        stack = harness.Stack(threads=args.threads, mock_delay_ms=args.delay_ms, with_nginx=True,
+        stack = harness.Stack(max_requests=args.max_requests, mock_delay_ms=args.delay_ms, with_nginx=True,
                               build_dir=args.build_dir, extra_env=args.env, database=kind)
     except Exception as error:  # noqa: BLE001 - any start-up failure is the harness's
         print(f"bench: could not start the stack: {error!r}", file=sys.stderr)

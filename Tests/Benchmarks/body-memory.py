@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """How much one JSON body raises the responder's peak memory (VmHWM), through the real nginx.
 
-Starts the stack of harness.py (2 threads), sends one small /api/chat request so the thread
-has opened everything it keeps, reads VmHWM, posts the body under test, and reads VmHWM again.
+Starts the stack of harness.py (2 requests at once), sends one small /api/chat request so the
+responder has opened everything it keeps, reads VmHWM, posts the body under test, and reads VmHWM again.
 The default body is 1 MB of `[0],` inside `messages`: the most JSON values a megabyte can
 hold, each one a node of the parsed tree. Each run starts a fresh responder.
 
@@ -33,7 +33,7 @@ def main():
     parser.add_argument("--count", type=int, default=250_000, help="number of [0] elements (default 250000)")
     args = parser.parse_args()
 
-    stack = harness.Stack(threads=2, build_dir=os.path.abspath(args.build_dir))
+    stack = harness.Stack(max_requests=2, build_dir=os.path.abspath(args.build_dir))
     try:
         headers = {"Authorization": f"Bearer {harness.hs256_token('body-memory')}", "Content-Type": "application/json"}
         warm = httpx.post(f"{stack.base_url}/api/chat", headers=headers, timeout=30,

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "IntegrationTests"))
 
 import harness  # noqa: E402  (path set up above)
 
-THREADS = 4
+MAX_REQUESTS = 4
 
 
 def request_body(path, words):
@@ -71,7 +71,7 @@ def main():
     parser.add_argument("--save", help="copy callgrind's dump here, for callgrind_annotate")
     args = parser.parse_args()
 
-    stack = harness.Stack(threads=THREADS, build_dir=args.build_dir)
+    stack = harness.Stack(max_requests=MAX_REQUESTS, build_dir=args.build_dir)
     try:
         out = os.path.join(stack.dir, "callgrind.out")
         callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
@@ -91,7 +91,7 @@ def main():
             stack.responder.stop()
             stack.processes.remove(stack.responder)
             measured = stack.responder = stack.start_responder(argv=callgrind + [
-                stack.binary, "serve", "--socket", stack.socket, "--threads", str(THREADS)])
+                stack.binary, "serve", "--socket", stack.socket, "--max-requests", str(MAX_REQUESTS)])
             harness.wait_until(lambda: os.path.exists(stack.socket), timeout=60, what="responder under valgrind")
         for _ in range(args.warmup):
             send(port, url, body, token)

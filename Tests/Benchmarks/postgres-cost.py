@@ -66,7 +66,7 @@ def main():
     stack = None
     try:
         database = server.create_database()
-        stack = harness.Stack(threads=4, build_dir=args.build_dir, database="postgres",
+        stack = harness.Stack(max_requests=4, build_dir=args.build_dir, database="postgres",
                               extra_env={"DATABASE_URL": server.url(database), "CHATKIT_DB_POOL_SIZE": "1"})
         prompt = " ".join(f"t{i}" for i in range(1, 19))
         if args.path == "chatkit":

@@ -115,7 +115,7 @@ def main():
     parser.add_argument("--build-dir", default=os.path.join(HERE, "..", "..", ".build", "release"))
     args = parser.parse_args()
 
-    stack = harness.Stack(threads=max(300, args.streams + 16), mock_delay_ms=args.delay_ms, build_dir=args.build_dir,
+    stack = harness.Stack(max_requests=max(300, args.streams + 16), mock_delay_ms=args.delay_ms, build_dir=args.build_dir,
                           database=args.database)
     outcomes = Counts()
     samples = []

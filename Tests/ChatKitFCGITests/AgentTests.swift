@@ -10,7 +10,7 @@ final class ScriptedModel: ChatModel {
 
     /// Streams the answer's text a word at a time. A client that refuses a chunk cancels the
     /// turn, which then holds the words it took and no tool calls, as the real client's does.
-    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
+    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) async -> ModelTurn {
         received.append(messages)
         let answer = answers.removeFirst()
         var delivered = ""
@@ -59,22 +59,22 @@ final class RecordingObserver: AgentObserver {
         return turn
     }
 
-    func run(_ model: ScriptedModel, rounds: Int = 8, observer: RecordingObserver = RecordingObserver()) throws
+    func run(_ model: ScriptedModel, rounds: Int = 8, observer: RecordingObserver = RecordingObserver()) async throws
         -> (TurnSummary, [ChatMessage])
     {
         var stored: [ChatMessage] = []
         let agent = Agent(model: model, toolbox: TaskTools.toolbox, systemPrompt: "sys", maxRounds: rounds)
-        let summary = try agent.run(
+        let summary = try await agent.run(
             history: [.user("add milk")], context: ToolContext(userID: "alice", store: store), observer: observer
         ) { stored += $0 }
         return (summary, stored)
     }
 
-    @Test func runsToolsAndFeedsResultsBackUntilTheModelAnswers() throws {
+    @Test func runsToolsAndFeedsResultsBackUntilTheModelAnswers() async throws {
         let call = ToolCall(id: "call_1", name: "add_task", arguments: "{\"title\":\"milk\"}")
         let model = ScriptedModel([turn(calls: [call]), turn(text: "Added milk.")])
         let observer = RecordingObserver()
-        let (summary, stored) = try run(model, observer: observer)
+        let (summary, stored) = try await run(model, observer: observer)
         #expect(summary.end == .answered)
         #expect(summary.rounds == 2)
         #expect(try store.tasks(userID: "alice", filter: .all).map(\.title) == ["milk"])
@@ -88,49 +88,49 @@ final class RecordingObserver: AgentObserver {
         #expect(observer.toolResults.map(\.0) == [call])
     }
 
-    @Test func badToolCallsGoBackToTheModelAsErrors() throws {
+    @Test func badToolCallsGoBackToTheModelAsErrors() async throws {
         let calls = [ToolCall(id: "a", name: "add_task", arguments: "{\"title\": "),
                      ToolCall(id: "b", name: "launch_rocket", arguments: "{}")]
         let model = ScriptedModel([turn(calls: calls), turn(text: "Sorry.")])
-        let (summary, stored) = try run(model)
+        let (summary, stored) = try await run(model)
         #expect(summary.end == .answered)
         #expect(stored[1].content?.hasPrefix(#"{"error":"arguments are not valid JSON"#) == true)
         #expect(stored[2].content?.hasPrefix(#"{"error":"unknown tool 'launch_rocket'"#) == true)
         #expect(stored.map(\.toolCallID) == [nil, "a", "b", nil])
     }
 
-    @Test func stopsAfterTheRoundLimit() throws {
+    @Test func stopsAfterTheRoundLimit() async throws {
         let call = ToolCall(id: "x", name: "list_tasks", arguments: "{}")
         let model = ScriptedModel(Array(repeating: turn(calls: [call]), count: 3))
-        let (summary, stored) = try run(model, rounds: 3)
+        let (summary, stored) = try await run(model, rounds: 3)
         #expect(summary.end == .roundLimitReached(3))
         #expect(stored.count == 6)
         #expect(model.answers.isEmpty)
     }
 
-    @Test func aFailureKeepsTheTextAlreadyProducedButNoUnfinishedCalls() throws {
+    @Test func aFailureKeepsTheTextAlreadyProducedButNoUnfinishedCalls() async throws {
         let model = ScriptedModel([turn(text: "partial answer", calls: [ToolCall(id: "c", name: "list_tasks", arguments: "{")],
                                         failure: .streamError("cut"))])
-        let (summary, stored) = try run(model)
+        let (summary, stored) = try await run(model)
         #expect(summary.end == .failed(.streamError("cut")))
         #expect(stored == [ChatMessage(role: .assistant, content: "partial answer"),
                            ChatMessage(role: .system, content: Agent.cutOffNote)])
     }
 
-    @Test func aClientThatGoesAwayCancelsTheTurnAndKeepsThePartialText() throws {
+    @Test func aClientThatGoesAwayCancelsTheTurnAndKeepsThePartialText() async throws {
         let observer = RecordingObserver()
         observer.chunksAccepted = 2
         let model = ScriptedModel([turn(text: "first words never seen", calls: [ToolCall(id: "c", name: "list_tasks", arguments: "{}")])])
-        let (summary, stored) = try run(model, observer: observer)
+        let (summary, stored) = try await run(model, observer: observer)
         #expect(summary.end == .failed(.cancelled))
         #expect(stored == [ChatMessage(role: .assistant, content: "first words"), ChatMessage(role: .system, content: Agent.cutOffNote)])
         #expect(observer.toolResults.isEmpty, "no tool of a cancelled turn runs")
     }
 
-    @Test func aClientGoneBeforeAnyTextLeavesNothingToKeep() throws {
+    @Test func aClientGoneBeforeAnyTextLeavesNothingToKeep() async throws {
         let observer = RecordingObserver()
         observer.chunksAccepted = 0
-        let (summary, stored) = try run(ScriptedModel([turn(text: "unseen answer")]), observer: observer)
+        let (summary, stored) = try await run(ScriptedModel([turn(text: "unseen answer")]), observer: observer)
         #expect(summary.end == .failed(.cancelled))
         #expect(stored.isEmpty)
     }

@@ -8,7 +8,7 @@ import Testing
         return entry
     }
 
-    @Test func userAndAssistantMessagesBecomeMessageItems() {
+    @Test func userAndAssistantMessagesBecomeMessageItems() async {
         #expect(ChatKitItems.item(entry(.user("hi")), threadID: "thr_1") == [
             "id": "msg_1", "thread_id": "thr_1", "created_at": "2025-01-15T10:23:45.123Z", "type": "user_message",
             "content": [["type": "input_text", "text": "hi"]], "attachments": [], "inference_options": [:],
@@ -17,13 +17,13 @@ import Testing
             == [["type": "output_text", "text": "Done.", "annotations": []]])
     }
 
-    @Test func timestampsAreUTCWithMillisecondsAsJavaScriptWritesThem() {
+    @Test func timestampsAreUTCWithMillisecondsAsJavaScriptWritesThem() async {
         #expect(ChatKitItems.timestamp(0) == "1970-01-01T00:00:00.000Z")
         #expect(ChatKitItems.timestamp(1_700_000_000_007) == "2023-11-14T22:13:20.007Z")
         #expect(ChatKitItems.timestamp(4_102_444_799_999) == "2099-12-31T23:59:59.999Z")
     }
 
-    @Test func rowsForTheModelOnlyAreNeverShown() {
+    @Test func rowsForTheModelOnlyAreNeverShown() async {
         let call = ChatMessage(role: .assistant, content: nil, toolCalls: [ToolCall(id: "c", name: "list_tasks", arguments: "{}")])
         #expect(ConversationEntry(call).audience == .model)
         #expect(ConversationEntry(ChatMessage(role: .tool, content: "[]", toolCallID: "c")).audience == .model)
@@ -31,7 +31,7 @@ import Testing
         #expect(ChatKitItems.item(ConversationEntry(call), threadID: "thr_1") == nil)
     }
 
-    @Test func storedItemBodiesWinOverTheMessageShape() {
+    @Test func storedItemBodiesWinOverTheMessageShape() async {
         let workflow: JSON = ["type": "workflow", "workflow": ["type": "custom", "tasks": [], "expanded": false]]
         let item = ChatKitItems.item(entry(ChatMessage(role: .assistant, content: nil), audience: .client, item: workflow),
                                      threadID: "thr_1")
@@ -39,7 +39,7 @@ import Testing
         #expect(item?["id"] == "msg_1" && item?["thread_id"] == "thr_1")
     }
 
-    @Test func threadsOmitAMissingTitleAndAlwaysCarryItems() {
+    @Test func threadsOmitAMissingTitleAndAlwaysCarryItems() async {
         let untitled = Conversation(id: 1, publicID: "thr_1", userID: "u", title: "", createdAt: 0, updatedAt: 0)
         let json = ChatKitItems.thread(untitled)
         #expect(json["title"] == nil)
@@ -47,12 +47,12 @@ import Testing
         #expect(json["metadata"] == [:])
     }
 
-    @Test func pagesNameTheirLastElementOnlyWhenThereIsMore() {
+    @Test func pagesNameTheirLastElementOnlyWhenThereIsMore() async {
         #expect(ChatKitItems.page([["id": "a"], ["id": "b"]], hasMore: true)["after"] == "b")
         #expect(ChatKitItems.page([["id": "a"]], hasMore: false)["after"] == nil)
     }
 
-    @Test func userInputKeepsTagsAndQuotesForTheItemAndTextForTheModel() throws {
+    @Test func userInputKeepsTagsAndQuotesForTheItemAndTextForTheModel() async throws {
         let input = try UserInput([
             "content": [["type": "input_text", "text": "Remind me to "],
                         ["type": "input_tag", "id": "t7", "text": "Buy milk", "data": [:], "interactive": false]],
@@ -65,7 +65,7 @@ import Testing
         #expect(throws: APIError.self) { try UserInput(["content": [["type": "input_image"]]]) }
     }
 
-    @Test func storedEntriesReadBackAsTheyWereWritten() throws {
+    @Test func storedEntriesReadBackAsTheyWereWritten() async throws {
         let database = TemporaryDatabase()
         let store = try database.store()
         let conversation = try store.createConversation(userID: "u", title: "")
@@ -82,7 +82,7 @@ import Testing
 }
 
 @Suite struct ClientToolTests {
-    @Test func unansweredCallsGetAResultBeforeTheNextMessage() {
+    @Test func unansweredCallsGetAResultBeforeTheNextMessage() async {
         let call = ToolCall(id: "c1", name: "get_selection", arguments: "{}")
         let history: [ChatMessage] = [
             .user("use it"), ChatMessage(role: .assistant, content: nil, toolCalls: [call]), .user("never mind"),
@@ -97,7 +97,7 @@ import Testing
         #expect(Agent.answeringEveryCall(duplicated) == answered)
     }
 
-    @Test func aClientToolCallEndsTheTurnAfterTheServerToolsRan() throws {
+    @Test func aClientToolCallEndsTheTurnAfterTheServerToolsRan() async throws {
         let database = TemporaryDatabase()
         let store = try database.store()
         var turn = ModelTurn()
@@ -108,14 +108,14 @@ import Testing
         let agent = Agent(model: ScriptedModel([turn]), toolbox: TaskTools.toolbox, systemPrompt: "", maxRounds: 4,
                           clientTools: [ClientTool(name: "get_selection", description: "", parameters: ["type": "object"])])
         var stored: [ChatMessage] = []
-        let summary = try agent.run(history: [.user("go")], context: ToolContext(userID: "u", store: store),
+        let summary = try await agent.run(history: [.user("go")], context: ToolContext(userID: "u", store: store),
                                     observer: RecordingObserver()) { stored += $0 }
         #expect(summary.end == .awaitingClientTool(turn.toolCalls[1]))
         #expect(stored.compactMap(\.toolCallID).sorted() == ["c2", "s"])
         #expect(try store.tasks(userID: "u", filter: .all).count == 1)
     }
 
-    @Test func operatorsConfigureClientToolsAsJSON() throws {
+    @Test func operatorsConfigureClientToolsAsJSON() async throws {
         let taken: Set<String> = ["add_task"]
         let tools = try ClientTool.parseList(#"[{"name":"get_selection","description":"d","parameters":{"type":"object"}}]"#,
                                              takenNames: taken).get()
@@ -128,7 +128,7 @@ import Testing
 }
 
 @Suite struct ClientToolCompletionTests {
-    @Test func aClientToolCallItemAlwaysReadsBack() throws {
+    @Test func aClientToolCallItemAlwaysReadsBack() async throws {
         func nested(_ levels: Int) -> String { String(repeating: #"{"a":"#, count: levels) + "1" + String(repeating: "}", count: levels) }
         _ = try JSON.parse(nested(63))  // arguments this deep parse on their own
         let deep = ChatKitStream.clientToolCallBody(ToolCall(id: "c", name: "n", arguments: nested(63)), status: "pending", output: .null)
@@ -139,7 +139,7 @@ import Testing
         #expect(shallow["arguments"] == (try JSON.parse(nested(62))) && shallow["output"] == 1)
     }
 
-    @Test func aPendingCallIsCompletedOnceEvenIfAnsweredTwice() throws {
+    @Test func aPendingCallIsCompletedOnceEvenIfAnsweredTwice() async throws {
         let database = TemporaryDatabase()
         let store = try database.store()
         let call = ToolCall(id: "call_1", name: "get_selection", arguments: "{}")
@@ -207,7 +207,7 @@ import Testing
         events.map { event in (event["type"] == "thread.item.updated" ? event["update"]?["type"] : event["type"])?.stringValue ?? "" }
     }
 
-    @Test func textThatWasNeverStreamedIsStillShownDone() throws {
+    @Test func textThatWasNeverStreamedIsStillShownDone() async throws {
         let recorded = try Recorded(database)
         try recorded.stream.toolCallsArrived(after: "Calling a tool.")
         try recorded.stream.record([ChatMessage(role: .assistant, content: "Answer.")])
@@ -215,7 +215,7 @@ import Testing
         #expect(done.compactMap { $0["item"]?["content"]?.arrayValue?.first?["text"]?.stringValue } == ["Calling a tool.", "Answer."])
     }
 
-    @Test func textBeforeToolCallsIsDoneBeforeTheToolsRun() throws {
+    @Test func textBeforeToolCallsIsDoneBeforeTheToolsRun() async throws {
         let recorded = try Recorded(database)
         var calling = ModelTurn()
         calling.text = "Adding milk."
@@ -223,7 +223,7 @@ import Testing
         var answering = ModelTurn()
         answering.text = "Done."
         let agent = Agent(model: ScriptedModel([calling, answering]), toolbox: TaskTools.toolbox, systemPrompt: "", maxRounds: 4)
-        let summary = try agent.run(history: [.user("add milk")], context: ToolContext(userID: "alice", store: recorded.store),
+        let summary = try await agent.run(history: [.user("add milk")], context: ToolContext(userID: "alice", store: recorded.store),
                                     observer: recorded.stream, record: recorded.stream.record)
         #expect(summary.end == .answered)
         let events = try recorded.events()
@@ -245,7 +245,7 @@ import Testing
         #expect(history[0] == ChatMessage(role: .assistant, content: "Adding milk.", toolCalls: calling.toolCalls))
     }
 
-    @Test func aStreamedAnswerOpensWithItsFirstDeltaAndEndsDone() throws {
+    @Test func aStreamedAnswerOpensWithItsFirstDeltaAndEndsDone() async throws {
         let deltas = ["Hello", " \"quoted\" \\ line\nbreak\u{1}", " ✓"]
         let events = try events(forDeltas: deltas)
         #expect(events.map { $0["type"]?.stringValue ?? "" } == ["thread.item.added", "thread.item.updated", "thread.item.updated",
@@ -264,7 +264,7 @@ import Testing
 }
 
 @Suite struct LogTests {
-    @Test func aLogLineIsOneLineAndBounded() {
+    @Test func aLogLineIsOneLineAndBounded() async {
         let line = Log.line("info", "forged\r\nchatkit-fcgi error: fake\u{1B}[2J" + String(repeating: "x", count: 5000))
         #expect(line.last == 0x0A)
         #expect(line.dropLast().allSatisfy { $0 >= 0x20 && $0 != 0x7F })

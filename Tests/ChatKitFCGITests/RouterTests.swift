@@ -39,51 +39,51 @@ import Testing
     }
 
     func send(_ path: String, method: String = "POST", body: String = "", headers: [String: String] = [:],
-              token: String? = DevToken.mint(subject: "alice", secret: secret, ttlSeconds: 60, issuer: nil, audience: nil)) -> Answer {
+              token: String? = DevToken.mint(subject: "alice", secret: secret, ttlSeconds: 60, issuer: nil, audience: nil)) async -> Answer {
         var allHeaders = headers
         if let token { allHeaders["authorization"] = "Bearer \(token)" }
         let request = HTTPRequest(method: method, path: path, contentType: "application/json", headers: allHeaders,
                                   body: Array(body.utf8))
         let answer = Answer()
-        _ = worker.handle(request, writer: answer)
+        _ = await worker.handle(request, writer: answer)
         return answer
     }
 
-    @Test func aDrainingServerTurnsEveryFaceAwayWithRetryAfter() {
+    @Test func aDrainingServerTurnsEveryFaceAwayWithRetryAfter() async {
         worker.app.lifecycle.beginDraining()
         for path in ["/api/chat", "/api/chatkit", "/api/mcp"] {
-            let answer = send(path, body: "{}")
+            let answer = await send(path, body: "{}")
             #expect(answer.status == 503 && answer.headers["Retry-After"] == "1", "\(path)")
             #expect(answer.detail == "the server is restarting; retry", "\(path)")
         }
-        #expect(send("/api/nowhere").status == 404, "an unknown path is still unknown")
+        #expect(await send("/api/nowhere").status == 404, "an unknown path is still unknown")
     }
 
-    @Test func whileDrainingTheProcessIsLiveButNotReady() {
-        #expect(send("/readyz", method: "GET", token: nil).status == 200)
+    @Test func whileDrainingTheProcessIsLiveButNotReady() async {
+        #expect(await send("/readyz", method: "GET", token: nil).status == 200)
         worker.app.lifecycle.beginDraining()
-        #expect(send("/livez", method: "GET", token: nil).status == 200)
-        let ready = send("/readyz", method: "GET", token: nil)
+        #expect(await send("/livez", method: "GET", token: nil).status == 200)
+        let ready = await send("/readyz", method: "GET", token: nil)
         #expect(ready.status == 503 && ready.detail == "the server is draining for a restart")
-        #expect(send("/metrics", method: "GET", token: nil).status == 200)
+        #expect(await send("/metrics", method: "GET", token: nil).status == 200)
     }
 
-    @Test func aLimitReachedIsA429WithRetryAfterAndTheRequestsStandingIsInTheHeaders() throws {
+    @Test func aLimitReachedIsA429WithRetryAfterAndTheRequestsStandingIsInTheHeaders() async throws {
         var config = Config()
         config.betterAuthSecret = Self.secret
         config.userRequests = 2
         config.userRequestsWindowSeconds = 86_400  // all three fall in one window
         let limited = Worker(app: Application(config: config, verifier: Application.verifier(for: config),
                                               database: SQLiteDatabase(path: database.path)))
-        func list() -> Answer {
+        func list() async -> Answer {
             let answer = Answer()
             let token = DevToken.mint(subject: "limited", secret: Self.secret, ttlSeconds: 60, issuer: nil, audience: nil)
-            _ = limited.handle(HTTPRequest(method: "POST", path: "/api/chatkit", contentType: "application/json",
+            _ = await limited.handle(HTTPRequest(method: "POST", path: "/api/chatkit", contentType: "application/json",
                                            headers: ["authorization": "Bearer \(token)"],
                                            body: Array(#"{"type":"threads.list","params":{}}"#.utf8)), writer: answer)
             return answer
         }
-        let first = list(), second = list(), third = list()
+        let first = await list(), second = await list(), third = await list()
         #expect(first.status == 200 && first.headers["X-RateLimit-Remaining-Requests"] == "1")
         #expect(second.status == 200 && second.headers["X-RateLimit-Remaining-Requests"] == "0")
         #expect(third.status == 429 && third.detail == "too many requests: at most 2 in 86400 s")
@@ -91,42 +91,42 @@ import Testing
         #expect(limited.app.metrics.rateLimited.value(labels: ["requests"]) == 1)
     }
 
-    @Test func theMCPChallengeNamesItsMetadataAfterTheScheme() {
-        let missing = send("/api/mcp", body: "{}", token: nil)
+    @Test func theMCPChallengeNamesItsMetadataAfterTheScheme() async {
+        let missing = await send("/api/mcp", body: "{}", token: nil)
         #expect(missing.status == 401)
         #expect(missing.headers["WWW-Authenticate"]
                 == #"Bearer resource_metadata="https://app.example/.well-known/oauth-protected-resource/api/mcp""#)
-        let bad = send("/api/mcp", body: "{}", token: "not.a.token")
+        let bad = await send("/api/mcp", body: "{}", token: "not.a.token")
         #expect(bad.headers["WWW-Authenticate"]
                 == #"Bearer error="invalid_token", resource_metadata="https://app.example/.well-known/oauth-protected-resource/api/mcp""#)
-        #expect(send("/api/chat", body: "{}", token: nil).headers["WWW-Authenticate"] == "Bearer")
+        #expect(await send("/api/chat", body: "{}", token: nil).headers["WWW-Authenticate"] == "Bearer")
     }
 
-    @Test func mcpErrorsCarryCORSForAnAllowedOriginOnly() {
-        let allowed = send("/api/mcp", method: "GET", headers: ["origin": "https://app.example"])
+    @Test func mcpErrorsCarryCORSForAnAllowedOriginOnly() async {
+        let allowed = await send("/api/mcp", method: "GET", headers: ["origin": "https://app.example"])
         #expect(allowed.status == 405 && allowed.headers["Allow"] == "POST")
         #expect(allowed.headers["Access-Control-Allow-Origin"] == "https://app.example")
-        let other = send("/api/mcp", body: "{}", headers: ["origin": "https://evil.example"])
+        let other = await send("/api/mcp", body: "{}", headers: ["origin": "https://evil.example"])
         #expect(other.status == 403 && other.headers["Access-Control-Allow-Origin"] == nil)
-        let preflight = send("/api/mcp", method: "OPTIONS", headers: ["origin": "https://app.example"], token: nil)
+        let preflight = await send("/api/mcp", method: "OPTIONS", headers: ["origin": "https://app.example"], token: nil)
         #expect(preflight.status == 204 && preflight.headers["Access-Control-Allow-Methods"] == "POST")
     }
 
-    @Test func aChatKitRequestWithoutParamsIsToldTheShapeItNeeds() {
-        let list = send("/api/chatkit", body: #"{"type":"threads.list"}"#)
+    @Test func aChatKitRequestWithoutParamsIsToldTheShapeItNeeds() async {
+        let list = await send("/api/chatkit", body: #"{"type":"threads.list"}"#)
         #expect(list.status == 422)
         #expect(list.detail?.contains(#"{"type":"threads.list","params":{}}"#) == true, "\(list.body)")
-        let create = send("/api/chatkit", body: #"{"type":"threads.create"}"#)
+        let create = await send("/api/chatkit", body: #"{"type":"threads.create"}"#)
         #expect(create.status == 422 && create.detail?.contains(#""input":{"content":[{"type":"input_text""#) == true)
-        let listed = send("/api/chatkit", body: #"{"type":"threads.list","params":{}}"#)
+        let listed = await send("/api/chatkit", body: #"{"type":"threads.list","params":{}}"#)
         #expect(listed.status == 200 && (try? JSON.parse(listed.body))?["data"] == [])
     }
 
-    @Test func unknownPathsAndMethodsAreRefusedAsSuch() {
-        #expect(send("/api/other").status == 404)
-        let wrongMethod = send("/api/chat", method: "GET")
+    @Test func unknownPathsAndMethodsAreRefusedAsSuch() async {
+        #expect(await send("/api/other").status == 404)
+        let wrongMethod = await send("/api/chat", method: "GET")
         #expect(wrongMethod.status == 405 && wrongMethod.headers["Allow"] == "POST")
-        let metadata = send("/.well-known/oauth-protected-resource", method: "GET", token: nil)
+        let metadata = await send("/.well-known/oauth-protected-resource", method: "GET", token: nil)
         #expect(metadata.status == 200 && (try? JSON.parse(metadata.body))?["resource"] == "https://app.example/api/mcp")
     }
 }

@@ -100,7 +100,7 @@ class Process:
 class Stack:
     """mock model <- chatkit-fcgi <- nginx, all on loopback, in one temporary directory."""
 
-    def __init__(self, threads=16, extra_env=None, mock_delay_ms=0, with_nginx=True, build_dir=BUILD_DIR, database=None,
+    def __init__(self, max_requests=16, extra_env=None, mock_delay_ms=0, with_nginx=True, build_dir=BUILD_DIR, database=None,
                  responders=1):
         """`responders` > 1 starts that many responder processes on one database, each on its
         own socket, with nginx spreading requests over them: many hosts, on one machine."""
@@ -135,7 +135,7 @@ class Stack:
                 **(extra_env or {}),
             }
             self.database_url = self.env["DATABASE_URL"]  # a test may name another database
-            self.responders = [self.start_responder(threads, socket=socket) for socket in self.sockets]
+            self.responders = [self.start_responder(max_requests, socket=socket) for socket in self.sockets]
             self.responder = self.responders[0]
             if with_nginx:
                 subprocess.run([os.path.join(REPO, "nginx", "render-local-conf"), os.path.join(self.dir, "nginx"),
@@ -163,9 +163,9 @@ class Stack:
         return self._start("mock-model", [*wrapper, os.path.join(self.build_dir, "mock-model"), "--port", str(self.model_port)],
                            {"MOCK_API_KEY": MODEL_KEY, "MOCK_DELAY_MS": str(delay_ms)})
 
-    def start_responder(self, threads=16, argv=None, env=None, socket=None, **kwargs):
+    def start_responder(self, max_requests=16, argv=None, env=None, socket=None, **kwargs):
         socket = socket or self.socket
-        argv = argv or [self.binary, "serve", "--socket", socket, "--threads", str(threads)]
+        argv = argv or [self.binary, "serve", "--socket", socket, "--max-requests", str(max_requests)]
         name = "chatkit-fcgi" if socket == self.sockets[0] else "chatkit-fcgi-" + os.path.basename(socket).split(".")[0]
         process = self._start(name, argv, {**self.env, **(env or {})}, **kwargs)
         wait_until(lambda: os.path.exists(socket) or not process.alive(), what="responder socket")

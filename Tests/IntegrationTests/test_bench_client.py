@@ -19,7 +19,7 @@ PROMPT = "one two three"  # the mock answers "You said: one two three", a record
 
 @pytest.fixture(scope="module")
 def stack(database_kind):
-    started = Stack(mock_delay_ms=DELAY_MS, threads=4, database=database_kind)
+    started = Stack(mock_delay_ms=DELAY_MS, max_requests=4, database=database_kind)
     yield started
     started.stop()
 

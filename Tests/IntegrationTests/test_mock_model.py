@@ -16,7 +16,7 @@ WORD = "w" * 4000  # about 4 KB per record: the unread ones soon fill every sock
 
 @pytest.fixture(scope="module")
 def paced_stack(database_kind):
-    started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, threads=2, database=database_kind)
+    started = Stack(mock_delay_ms=DELAY_MS, with_nginx=False, max_requests=2, database=database_kind)
     yield started
     started.stop()
 

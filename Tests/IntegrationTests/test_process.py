@@ -252,13 +252,13 @@ def test_help_version_and_migrate(bare, tmp_path):
     assert unknown.returncode == 64 and "unknown option --sockets" in unknown.stderr
 
 
-def socket_activated(stack, listener, threads):
+def socket_activated(stack, listener):
     """A responder started as systemd starts one on a socket it holds: the socket as fd 3, with
     LISTEN_FDS=1 and LISTEN_PID naming the responder (the shell's own pid, which exec keeps).
     bash, not sh: dash cannot redirect descriptors above 9."""
     fd = listener.fileno()
     script = f'export LISTEN_FDS=1 LISTEN_PID=$$; exec "$@" 3<&{fd} {fd}<&-'
-    return stack.start_responder(argv=["bash", "-c", script, "bash", stack.binary, "serve", "--threads", str(threads)],
+    return stack.start_responder(argv=["bash", "-c", script, "bash", stack.binary, "serve"],
                                  pass_fds=(fd,))
 
 
@@ -272,15 +272,15 @@ def test_a_draining_responder_leaves_new_connections_to_the_next_instance():
         # The test holds the socket, as systemd does, so it outlives each instance.
         listener.bind(stack.socket)
         listener.listen(16)
-        draining = socket_activated(stack, listener, threads=4)
+        draining = socket_activated(stack, listener)
         results = {}
         first = threading.Thread(target=lambda: results.update(first=cgi_request(stack.socket, "slow 30", hs256_token("j"))))
         first.start()
         wait_until(lambda: stack.model_stats()["active_streams"] == 1, what="stream started")
         threads = len(os.listdir(f"/proc/{draining.popen.pid}/task"))
         draining.popen.send_signal(signal.SIGTERM)
-        # The three idle workers leave accept() and end; only the streaming one stays.
-        wait_until(lambda: len(os.listdir(f"/proc/{draining.popen.pid}/task")) == threads - 3, what="idle workers to end")
+        # The two acceptor threads leave accept() and end; the stream goes on.
+        wait_until(lambda: len(os.listdir(f"/proc/{draining.popen.pid}/task")) == threads - 2, what="the acceptors to end")
         second = threading.Thread(target=lambda: results.update(second=cgi_request(stack.socket, "hi", hs256_token("k"))))
         second.start()
         first.join(10)
@@ -289,7 +289,7 @@ def test_a_draining_responder_leaves_new_connections_to_the_next_instance():
         # The old instance is gone and the second connection is still waiting: nothing answered or closed it.
         assert second.is_alive() and "second" not in results
 
-        socket_activated(stack, listener, threads=4)
+        socket_activated(stack, listener)
         second.join(10)
         status, _, lines = results["second"]
         assert status == "Status: 200 OK" and lines[-1][1] == "data: [DONE]"

@@ -1,11 +1,16 @@
 import Synchronization
 
-/// Process-wide state shared by every worker thread: configuration, the token verifier, the
-/// database and the shutdown state. Everything per-thread (a store, libcurl) lives in `Worker`.
+/// Process-wide state shared by every request: configuration, the token verifier, the
+/// database, the tools and the shutdown state. What one request uses alone (a store, libcurl)
+/// lives in its `Worker`.
 public final class Application: Sendable {
     public let config: Config
     public let verifier: JWTVerifier
     public let toolbox: Toolbox
+    /// The tools each face offers the model, encoded once: /api/chat offers the server's
+    /// tools, ChatKit adds the operator's client tools.
+    let chatTools: ToolDefinitions
+    let chatKitTools: ToolDefinitions
     public let lifecycle = Lifecycle()
     public let database: any StoreDatabase
     public let metrics = ServerMetrics()
@@ -21,6 +26,8 @@ public final class Application: Sendable {
         self.toolbox = toolbox.recording { tool, succeeded in
             metrics.toolCalls.add(labels: [tool, succeeded ? "ok" : "error"])
         }
+        chatTools = Agent.toolDefinitions(toolbox: toolbox, clientTools: [])
+        chatKitTools = Agent.toolDefinitions(toolbox: toolbox, clientTools: config.clientTools)
     }
 
     /// The verifier the configuration asks for; a JWKS URL is fetched with libcurl.

@@ -63,7 +63,7 @@ struct ChatEndpoint: Endpoint {
         sse.done()
     }
 
-    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws {
         let user = try worker.admit(request, writer: writer)
         guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
         let chat = try ChatRequest(body: request.body)
@@ -89,7 +89,7 @@ struct ChatEndpoint: Endpoint {
         }
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
-        let summary = try worker.chatAgent.run(
+        let summary = try await worker.chatAgent.run(
             history: history, context: worker.toolContext(for: user, store: store), observer: stream
         ) { messages in try store.append(messages, to: conversation.id) }
         usage = summary.usage

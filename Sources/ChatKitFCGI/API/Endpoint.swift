@@ -9,7 +9,8 @@ protocol Endpoint {
     /// Health checks answer while the server drains; everything else is turned away.
     var servedWhileDraining: Bool { get }
     func accepts(_ request: HTTPRequest) -> Bool
-    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws
+    /// A face that calls the model suspends while it answers; the others never do.
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws
     /// Headers every answer carries, errors included.
     func headers(for request: HTTPRequest) -> [(String, String)]
     /// A failure after the head went out, when the status can no longer say it.
@@ -34,7 +35,7 @@ extension Endpoint {
 /// What both streaming faces share while an agent turn runs: the transfer loop watches the
 /// client's socket and asks whether it has room, keepalives go out while the model is silent,
 /// and the stream gives up once the drain deadline has passed. Called on the transfer loop's
-/// thread while the worker waits for the model.
+/// thread while the request waits for the model.
 protocol TurnStream: AgentObserver {
     var sse: SSEWriter { get }
     var writer: ResponseWriter { get }

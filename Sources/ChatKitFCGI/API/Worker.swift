@@ -1,5 +1,6 @@
-/// What one worker thread owns: its store connection and its libcurl handle, opened on first
-/// use and reused for every request the thread serves; and the router, which picks the face.
+/// The server's side of one request: its store and its libcurl handle, made on first use; and
+/// the router, which picks the face. A request may move between the worker pool's threads at
+/// each wait, and is served by one thread at a time.
 public final class Worker {
     public let app: Application
     private var openStore: (any Store)?
@@ -15,10 +16,9 @@ public final class Worker {
         return store
     }
 
-    /// /api/chat offers the server's tools; ChatKit adds the operator's client tools. Both are
-    /// made on first use and kept: the tool list they send is encoded once.
-    private(set) lazy var chatAgent = makeAgent(clientTools: [])
-    private(set) lazy var chatKitAgent = makeAgent(clientTools: app.config.clientTools)
+    /// /api/chat offers the server's tools; ChatKit adds the operator's client tools.
+    private(set) lazy var chatAgent = makeAgent(clientTools: [], tools: app.chatTools)
+    private(set) lazy var chatKitAgent = makeAgent(clientTools: app.config.clientTools, tools: app.chatKitTools)
 
     private lazy var modelClient: ModelClient = {
         let config = app.config
@@ -28,15 +28,15 @@ public final class Worker {
         return ModelClient(settings: settings, http: HTTPClient(), metrics: app.metrics)
     }()
 
-    private func makeAgent(clientTools: [ClientTool]) -> Agent {
+    private func makeAgent(clientTools: [ClientTool], tools: ToolDefinitions) -> Agent {
         Agent(model: modelClient, toolbox: app.toolbox, systemPrompt: app.config.systemPrompt, maxRounds: app.config.maxToolRounds,
-              clientTools: clientTools, historyMaxBytes: app.config.historyMaxBytes,
+              clientTools: clientTools, toolDefinitions: tools, historyMaxBytes: app.config.historyMaxBytes,
               toolResultMaxBytes: app.config.toolResultMaxBytes)
     }
 
     /// Serves one request. Every failure ends as the face's JSON error before the stream
     /// starts, or as its in-band error after; nothing escapes to the edge.
-    public func handle(_ request: HTTPRequest, writer: ResponseWriter) -> RequestLog {
+    public func handle(_ request: HTTPRequest, writer: ResponseWriter) async -> RequestLog {
         var log = RequestLog(method: request.method, path: request.path)
         let endpoint = endpoint(for: request.path)
         log.face = endpoint?.face ?? "none"
@@ -45,7 +45,7 @@ public final class Worker {
             guard endpoint.accepts(request) else { throw APIError.methodNotAllowed(allowed: endpoint.allowedMethods) }
             // Once draining, this instance starts nothing new: the client retries on the next.
             if app.lifecycle.isDraining, !endpoint.servedWhileDraining { throw APIError.shuttingDown }
-            try endpoint.handle(request, writer: writer, log: &log)
+            try await endpoint.handle(request, writer: writer, log: &log)
         } catch {
             let apiError = APIError.reporting(error, of: request)
             if case .unauthorized(let reason, _) = apiError { log.note = reason.description }

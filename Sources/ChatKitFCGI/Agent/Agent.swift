@@ -79,8 +79,10 @@ public struct Agent {
     /// A tool result larger than this goes to the model (and the client) shortened.
     public let toolResultMaxBytes: Int
 
+    /// `toolDefinitions`: the toolbox's and the client tools' definitions, when already
+    /// encoded (`Agent.toolDefinitions`); they are encoded here otherwise.
     public init(model: any ChatModel, toolbox: Toolbox, systemPrompt: String, maxRounds: Int, clientTools: [ClientTool] = [],
-                historyMaxBytes: Int = .max, toolResultMaxBytes: Int = .max) {
+                toolDefinitions: ToolDefinitions? = nil, historyMaxBytes: Int = .max, toolResultMaxBytes: Int = .max) {
         self.model = model
         self.toolbox = toolbox
         self.systemPrompt = systemPrompt
@@ -88,7 +90,12 @@ public struct Agent {
         self.clientTools = clientTools
         self.historyMaxBytes = historyMaxBytes
         self.toolResultMaxBytes = toolResultMaxBytes
-        toolDefinitions = ToolDefinitions(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
+        self.toolDefinitions = toolDefinitions ?? Self.toolDefinitions(toolbox: toolbox, clientTools: clientTools)
+    }
+
+    /// What an agent with these tools offers the model.
+    public static func toolDefinitions(toolbox: Toolbox, clientTools: [ClientTool]) -> ToolDefinitions {
+        ToolDefinitions(toolbox.tools.map(\.chatCompletionsDefinition) + clientTools.map(\.chatCompletionsDefinition))
     }
 
     /// `history` ends with the user's new message, already stored. `record` stores messages
@@ -96,13 +103,13 @@ public struct Agent {
     public func run(
         history: [ChatMessage], context: ToolContext, observer: AgentObserver,
         record: ([ChatMessage]) throws -> Void
-    ) throws -> TurnSummary {
+    ) async throws -> TurnSummary {
         let window = history.newest(fittingIn: historyMaxBytes)
         var messages = [ChatMessage(role: .system, content: systemPrompt)] + Self.answeringEveryCall(Array(window))
         var summary = TurnSummary(end: .answered)
         while summary.rounds < maxRounds {
             summary.rounds += 1
-            let turn = model.stream(messages: messages, tools: toolDefinitions, observer: observer)
+            let turn = await model.stream(messages: messages, tools: toolDefinitions, observer: observer)
             summary.retries += turn.retries
             summary.usage.promptTokens &+= turn.usage.promptTokens
             summary.usage.completionTokens &+= turn.usage.completionTokens

@@ -7,7 +7,7 @@ enum JWKSFetch {
         let document = Document()
         let head: HTTPResponseHead
         do throws(TransferError) {
-            head = try HTTPClient().perform(request, into: document)
+            head = try HTTPClient().performWaiting(request, into: document)
         } catch {
             throw .keySetUnavailable(error.description)
         }

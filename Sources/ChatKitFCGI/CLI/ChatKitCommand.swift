@@ -11,7 +11,7 @@ public enum ChatKitCommand {
         let command = arguments.isEmpty ? "serve" : arguments.removeFirst()
         do {
             switch command {
-            case "serve": try serve(Flags(arguments, allowed: ["--socket", "--threads"]))
+            case "serve": try serve(Flags(arguments, allowed: ["--socket", "--max-requests", "--threads"]))
             case "token": return try token(Flags(arguments, allowed: ["--sub", "--ttl"]))
             case "migrate": return try migrate(Flags(arguments, allowed: []))
             case "check-config": return try checkConfig(Flags(arguments, allowed: []))
@@ -36,7 +36,8 @@ public enum ChatKitCommand {
         usage: chatkit-fcgi <command> [options]
 
         commands:
-          serve [--socket PATH] [--threads N]   run the FastCGI responder (default command). The
+          serve [--socket PATH] [--max-requests N] [--threads N]
+                                                run the FastCGI responder (default command). The
                                                 socket comes from systemd (LISTEN_FDS), else an
                                                 inherited fd 0, else PATH, created with mode
                                                 CHATKIT_SOCKET_MODE
@@ -54,8 +55,12 @@ public enum ChatKitCommand {
     private static func serve(_ flags: Flags) throws -> Never {
         var config = try Config.load()
         if let path = flags["--socket"] { config.socketPath = path }
+        if let requests = flags["--max-requests"] {
+            guard let count = Int(requests), (1...100_000).contains(count) else { throw UsageError("--max-requests must be 1...100000") }
+            config.maxRequests = count
+        }
         if let threads = flags["--threads"] {
-            guard let count = Int(threads), (1...4096).contains(count) else { throw UsageError("--threads must be 1...4096") }
+            guard let count = Int(threads), (1...1024).contains(count) else { throw UsageError("--threads must be 1...1024") }
             config.threads = count
         }
         let database = config.database.open(config, forServing: true)
@@ -90,8 +95,8 @@ public enum ChatKitCommand {
         let (listenFD, origin) = try ListenSocket.acquire(
             path: config.socketPath, mode: config.socketMode, backlog: config.listenBacklog)
         let server = FastCGIServer(listenFD: listenFD, app: app)
-        server.startWorkers(count: config.threads)
-        Log.info("serving with \(config.threads) threads (\(origin)), database \(config.database), model \(config.model) at \(config.openAIBaseURL)")
+        server.startAccepting()
+        Log.info("serving up to \(config.maxRequests) requests at once on \(config.threads) threads (\(origin)), database \(config.database), model \(config.model) at \(config.openAIBaseURL)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
         startWatchdog()
 
@@ -107,24 +112,22 @@ public enum ChatKitCommand {
             shutdown(listenFD, Int32(SHUT_RDWR))
             unlink(path)
         }
-        // Idle workers are woken out of accept() (again and again, in case one was between
-        // checks); busy ones finish their stream and leave.
-        let deadline = Clock.monotonicMilliseconds() + Double(config.shutdownGraceSeconds) * 1000
-        while server.runningWorkers > 0, Clock.monotonicMilliseconds() < deadline {
-            server.wakeIdleWorkers()
-            usleep(20_000)
-        }
-        if server.runningWorkers > 0 {
-            app.lifecycle.expireGrace()
-            // Running streams notice within one 100 ms tick and send their closing records.
-            let cutoff = Clock.monotonicMilliseconds() + 2_000
-            while server.runningWorkers > 0, Clock.monotonicMilliseconds() < cutoff {
-                server.wakeIdleWorkers()
+        // The acceptors are woken out of accept() (again and again, in case one was between
+        // checks); running requests finish their stream.
+        func waitForRequests(until deadline: Double) {
+            while server.runningAcceptors + app.lifecycle.activeRequests > 0, Clock.monotonicMilliseconds() < deadline {
+                server.wakeAcceptors()
                 usleep(20_000)
             }
         }
-        let stragglers = server.runningWorkers
-        Log.info(stragglers == 0 ? "stopped" : "stopped with \(stragglers) workers still busy")
+        waitForRequests(until: Clock.monotonicMilliseconds() + Double(config.shutdownGraceSeconds) * 1000)
+        if app.lifecycle.activeRequests > 0 {
+            app.lifecycle.expireGrace()
+            // Running streams notice within one 100 ms tick and send their closing records.
+            waitForRequests(until: Clock.monotonicMilliseconds() + 2_000)
+        }
+        let stragglers = app.lifecycle.activeRequests
+        Log.info(stragglers == 0 ? "stopped" : "stopped with \(stragglers) requests still running")
         // Threads may still be running: leave without running exit handlers under them.
         _exit(0)
     }
@@ -159,9 +162,9 @@ public enum ChatKitCommand {
         _ = mallopt(M_TRIM_THRESHOLD, 32 << 20)
     }
 
-    /// Every busy thread holds about five descriptors (FastCGI, model connection, SQLite's three
-    /// files); the usual soft limit of 1024 would cap a 256-thread server. Nothing here uses
-    /// select(), so the hard limit is safe to take.
+    /// Every open stream holds two descriptors (its FastCGI connection and its connection to the
+    /// model); the usual soft limit of 1024 would cap the server at about 500 streams. Nothing
+    /// here uses select(), so the hard limit is safe to take.
     private static func raiseOpenFileLimit() {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }

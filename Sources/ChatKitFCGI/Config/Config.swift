@@ -20,9 +20,13 @@ public struct Config: Sendable {
     public var jwtAudience: String?
     public var jwtLeewaySeconds = 60
     public var jwksCooldownSeconds = 30
-    public var threads = 256
-    /// Streams spend their time waiting on the network; a small stack keeps thousands affordable.
-    public var threadStackKiB = 256
+    /// Requests served at once; more wait in the listen backlog. A request waiting for the
+    /// model holds no thread.
+    public var maxRequests = 1024
+    /// The threads that run requests between their waits: enough that a few blocked in the
+    /// store leave the CPUs busy.
+    public var threads = 32
+    public var threadStackKiB = 1024
     public var socketPath: String?
     public var socketMode: UInt32 = 0o660
     public var listenBacklog = 1024
@@ -69,8 +73,9 @@ public struct Config: Sendable {
         ("JWT_AUDIENCE", "required aud claim, when set"),
         ("JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf (default 60)"),
         ("JWT_JWKS_COOLDOWN_SECONDS", "least time between JWKS refetches for unknown kids (default 30, at least 1)"),
-        ("CHATKIT_THREADS", "worker threads = concurrent requests (default 256)"),
-        ("CHATKIT_THREAD_STACK_KIB", "each worker thread's stack (default 256; sanitizer builds need more)"),
+        ("CHATKIT_MAX_REQUESTS", "requests served at once, streams included; more wait in the listen backlog (default 1024)"),
+        ("CHATKIT_THREADS", "threads that run requests between their waits for the model (default 32)"),
+        ("CHATKIT_THREAD_STACK_KIB", "each worker thread's stack (default 1024; sanitizer builds need more)"),
         ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
         ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 1024)"),
@@ -158,7 +163,8 @@ public struct Config: Sendable {
         integer("JWT_LEEWAY_SECONDS", &config.jwtLeewaySeconds, range: 0...300)
         // 0 would let every token with a made-up kid make its own fetch.
         integer("JWT_JWKS_COOLDOWN_SECONDS", &config.jwksCooldownSeconds, range: 1...3600)
-        integer("CHATKIT_THREADS", &config.threads, range: 1...4096)
+        integer("CHATKIT_MAX_REQUESTS", &config.maxRequests, range: 1...100_000)
+        integer("CHATKIT_THREADS", &config.threads, range: 1...1024)
         integer("CHATKIT_THREAD_STACK_KIB", &config.threadStackKiB, range: 64...65_536)
         config.socketPath = value("CHATKIT_SOCKET")
         if let mode = value("CHATKIT_SOCKET_MODE") {
@@ -239,7 +245,7 @@ public struct Config: Sendable {
             "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
                 + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"
                 + ", issuer \(jwtIssuer ?? "not checked"), audience \(jwtAudience ?? "not checked")",
-            "threads: \(threads), history limit: \(historyLimit) messages and \(historyMaxBytes) bytes, max tool rounds: \(maxToolRounds), upstream retries: \(upstreamRetries)",
+            "requests at once: \(maxRequests), threads: \(threads), history limit: \(historyLimit) messages and \(historyMaxBytes) bytes, max tool rounds: \(maxToolRounds), upstream retries: \(upstreamRetries)",
             "per user: \(userMaxStreams == 0 ? "any number of" : String(userMaxStreams)) streams, "
                 + "\(userRequests == 0 ? "no request limit" : "\(userRequests) requests per \(userRequestsWindowSeconds) s"), "
                 + "\(userTokensPerDay == 0 ? "no token budget" : "\(userTokensPerDay) tokens a day"), \(userMaxTasks) tasks",

@@ -75,11 +75,11 @@ public struct HTTPResponseHead {
     public var headers: [String: String] = [:]
 }
 
-/// One easy handle, reused for every request a worker thread makes. Its transfers run on the
-/// process's transfer loop; connections to the model API stay alive in the loop's connection
-/// cache, shared by every worker.
+/// One easy handle, reused for every call one request makes. Its transfers run on the process's
+/// transfer loop; connections to the model API stay alive in the loop's connection cache,
+/// shared by every request.
 ///
-/// Not thread-safe: each worker owns one.
+/// Not thread-safe: used by one request at a time.
 public final class HTTPClient {
     private let easy: UnsafeMutableRawPointer
 
@@ -90,11 +90,27 @@ public final class HTTPClient {
 
     deinit { curl_easy_cleanup(easy) }
 
+    /// A request body libcurl reads where it lies (`CURLOPT_POSTFIELDS`, not a copy of its
+    /// own): one copy of it per call, however often the call is sent, held by each transfer.
+    public final class Body {
+        let bytes: UnsafeMutableRawBufferPointer
+
+        public init(_ source: [UInt8]) {
+            bytes = .allocate(byteCount: max(source.count, 1), alignment: 1)
+            bytes.copyMemory(from: UnsafeRawBufferPointer(start: source, count: source.count))
+            count = source.count
+        }
+
+        public let count: Int
+
+        deinit { bytes.deallocate() }
+    }
+
     public struct Request {
         public var url: String
         public var method = "GET"
         public var headers: [String] = []
-        public var body: [UInt8]?
+        public var body: Body?
         public var connectTimeoutMilliseconds = 5_000
         /// Abort when the server sends nothing for this long (timed by the transfer loop).
         public var stallTimeoutSeconds = 60
@@ -104,17 +120,32 @@ public final class HTTPClient {
         public init(url: String) { self.url = url }
     }
 
-    /// Performs `request`, handing the response to `consumer` as it arrives. The calling
-    /// thread waits while the transfer loop runs it; `consumer` is called on the loop's thread.
+    /// Performs `request`, handing the response to `consumer` as it arrives, on the transfer
+    /// loop's thread. The calling task holds no thread until the transfer ends.
     public func perform(_ request: Request, into consumer: some TransferConsumer, tickMilliseconds: Int32 = 100)
-        throws(TransferError) -> HTTPResponseHead
+        async throws(TransferError) -> HTTPResponseHead
+    {
+        let transfer = try transfer(request, into: consumer, tickMilliseconds: tickMilliseconds)
+        if let failure = await TransferLoop.shared.run(transfer) { throw failure }
+        return transfer.head
+    }
+
+    /// The same for a caller that cannot suspend (the token verifier's key fetch, rare and
+    /// short): its thread waits.
+    public func performWaiting(_ request: Request, into consumer: some TransferConsumer) throws(TransferError) -> HTTPResponseHead {
+        let transfer = try transfer(request, into: consumer, tickMilliseconds: 100)
+        if let failure = TransferLoop.shared.runWaiting(transfer) { throw failure }
+        return transfer.head
+    }
+
+    private func transfer(_ request: Request, into consumer: some TransferConsumer, tickMilliseconds: Int32)
+        throws(TransferError) -> Transfer
     {
         let transfer = Transfer(
             easy: easy, consumer: consumer, tickMilliseconds: Double(tickMilliseconds),
             stallTimeoutMilliseconds: Double(request.stallTimeoutSeconds) * 1000)
         try configure(request, for: transfer)
-        if let failure = TransferLoop.shared.run(transfer) { throw failure }
-        return transfer.head
+        return transfer
     }
 
     private func configure(_ request: Request, for transfer: Transfer) throws(TransferError) {
@@ -132,15 +163,14 @@ public final class HTTPClient {
         set(CURLOPT_FOLLOWLOCATION, 0)
         if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_SHARE, CurlShare.shared.handle) }
         if code == CURLE_OK, request.method != "GET" { code = ccurl_setopt_string(easy, CURLOPT_CUSTOMREQUEST, request.method) }
+        // The most libcurl reads from the server at once, and what it holds for it while the
+        // transfer lives: a streamed answer's records are a few hundred bytes each, and every
+        // open stream holds one (the default is 16 KiB).
+        set(CURLOPT_BUFFERSIZE, 2048)
         if let body = request.body {
             set(CURLOPT_POSTFIELDSIZE_LARGE, body.count)
-            // COPYPOSTFIELDS: libcurl keeps its own copy, so the array may go away. An empty
-            // array may have no storage at all; an empty C string stands in for it.
-            if code == CURLE_OK {
-                code = body.isEmpty
-                    ? ccurl_setopt_string(easy, CURLOPT_COPYPOSTFIELDS, "")
-                    : body.withUnsafeBytes { ccurl_setopt_pointer(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress!)) }
-            }
+            if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_POSTFIELDS, body.bytes.baseAddress!) }
+            transfer.body = body
         }
         for header in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, header) }
         if code == CURLE_OK { code = ccurl_setopt_slist(easy, CURLOPT_HTTPHEADER, transfer.headerList) }
@@ -155,7 +185,7 @@ public final class HTTPClient {
 }
 
 /// Where a transfer's response goes. Its methods run on the transfer loop's thread, while the
-/// thread that called `perform` waits for the transfer to end.
+/// caller of `perform` waits for the transfer to end.
 public protocol TransferConsumer: AnyObject {
     /// Our client's socket: the transfer stops when it becomes readable (the client went away).
     var watchedDescriptor: Int32? { get }
@@ -179,11 +209,11 @@ extension TransferConsumer {
     public func head(_ head: HTTPResponseHead) {}
 }
 
-/// One transfer, from the caller's thread to the loop's and back. libcurl's C callbacks reach
-/// it through an unretained pointer; `perform` keeps it alive until the loop hands it back.
+/// One transfer, from the caller to the loop's thread and back. libcurl's C callbacks reach it
+/// through an unretained pointer; `perform` keeps it alive until the loop hands it back.
 ///
-/// `@unchecked Sendable`: the caller configures it, then waits on `done` while the loop alone
-/// uses it; the loop's last act is to drop the consumer and signal `done`.
+/// `@unchecked Sendable`: the caller configures it, then waits for `whenDone` while the loop
+/// alone uses it; the loop's last act is to drop the consumer and call `whenDone`.
 final class Transfer: @unchecked Sendable {
     let easy: UnsafeMutableRawPointer
     let watch: Int32?
@@ -191,6 +221,8 @@ final class Transfer: @unchecked Sendable {
     let stallTimeoutMilliseconds: Double
     private var consumer: (any TransferConsumer)?
     var headerList: UnsafeMutablePointer<curl_slist>?
+    /// Read by libcurl in place until the transfer ends.
+    var body: HTTPClient.Body?
     var head = HTTPResponseHead()
     var headReported = false
     var stopRequested = false
@@ -203,7 +235,8 @@ final class Transfer: @unchecked Sendable {
     /// The loop's number for this transfer's registration of `watch`.
     var registration: UInt32 = 0
     var failure: TransferError?
-    private let done = Semaphore()
+    /// Set by the caller before it hands the transfer to the loop.
+    var whenDone: (@Sendable (TransferError?) -> Void)?
 
     init(easy: UnsafeMutableRawPointer, consumer: any TransferConsumer, tickMilliseconds: Double,
          stallTimeoutMilliseconds: Double) {
@@ -218,14 +251,13 @@ final class Transfer: @unchecked Sendable {
         headerList.map { curl_slist_free_all($0) }
     }
 
-    func waitUntilDone() { done.wait() }
-
     /// On the loop's thread: the last thing it does with this transfer.
     func markDone(failure: TransferError?) {
         if failure == nil { reportHeadIfNeeded() }
         self.failure = failure
         consumer = nil
-        done.signal()
+        whenDone?(failure)
+        whenDone = nil
     }
 
     func tick(outputHasRoom: Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom) ?? false }

@@ -3,8 +3,8 @@ import CLinux
 import Glibc
 
 /// The one thread that drives every HTTP transfer of the process, through one libcurl multi
-/// handle and epoll. A caller hands its transfer over and waits; the callbacks (parsing each
-/// chunk, writing it to our client) run here. One wake-up serves every chunk that arrived
+/// handle and epoll. A caller hands its transfer over and waits, holding no thread; the
+/// callbacks (parsing each chunk, writing it to our client) run here. One wake-up serves every chunk that arrived
 /// meanwhile, and the connections to the model API are pooled for the whole process.
 ///
 /// Writing to our client must never block this thread, or every stream would stall behind one
@@ -64,10 +64,20 @@ final class TransferLoop: @unchecked Sendable {
         precondition(DetachedThread.start(stackBytes: 1 << 20) { self.loop() }, "could not start the transfer loop")
     }
 
-    /// Runs `transfer` on the loop and waits for it; nil when it completed.
-    func run(_ transfer: Transfer) -> TransferError? {
+    /// Runs `transfer` on the loop; nil when it completed. The task resumes when it ends.
+    func run(_ transfer: Transfer) async -> TransferError? {
+        await withCheckedContinuation { continuation in
+            transfer.whenDone = { continuation.resume(returning: $0) }
+            submitted.post(.transfer(transfer))
+        }
+    }
+
+    /// Runs `transfer` on the loop while the calling thread waits; nil when it completed.
+    func runWaiting(_ transfer: Transfer) -> TransferError? {
+        let done = Semaphore()
+        transfer.whenDone = { _ in done.signal() }
         submitted.post(.transfer(transfer))
-        transfer.waitUntilDone()
+        done.wait()
         return transfer.failure
     }
 

@@ -45,14 +45,22 @@ public enum ListenSocket {
     }
 }
 
-/// Worker threads, each blocking in `FCGX_Accept_r` on the shared listening socket.
+/// Accepts FastCGI connections and serves each request as a task on the worker pool. A request
+/// holds a thread only while it works: waiting for the model, it holds its connection and its
+/// state, not a thread, so one process holds thousands of streams on a few threads.
 public final class FastCGIServer: Sendable {
     private let listenFD: Int32
     private let app: Application
-    /// Every running worker thread, and whether it is waiting in accept (safe to interrupt).
-    private let workers = Locked<[pthread_t: Bool]>([:])
+    private let pool: WorkerPool
+    /// A place for each request served at once (`maxRequests`): an acceptor takes one before it
+    /// accepts, so past that, connections wait in the listen backlog.
+    private let places: Semaphore
+    /// The acceptor threads, and whether each is waiting in accept (safe to interrupt).
+    private let acceptors = Locked<[pthread_t: Bool]>([:])
+    /// Two: one reading a request's parameters never holds the next connection back.
+    static let acceptorCount = 2
 
-    /// SIGUSR1 interrupts a worker's accept() when the server drains, so it stops taking
+    /// SIGUSR1 interrupts an acceptor's accept() when the server drains, so it stops taking
     /// connections from a socket systemd still owns. A handler that does nothing, installed
     /// without SA_RESTART, is all it takes; installed before FCGX_Init, libfcgi keeps it.
     public static let wakeSignal = SIGUSR1
@@ -65,85 +73,103 @@ public final class FastCGIServer: Sendable {
         precondition(sigaction(wakeSignal, &action, nil) == 0, "sigaction: \(String(cString: strerror(errno)))")
     }
 
-    public var runningWorkers: Int { workers.withLock { $0.count } }
-
-    /// Interrupts the workers waiting for a connection; busy ones see `isDraining` when done.
-    public func wakeIdleWorkers() {
-        workers.withLock { workers in
-            for (thread, idle) in workers where idle { pthread_kill(thread, Self.wakeSignal) }
-        }
-    }
-
-    private func setWorker(_ thread: pthread_t, idle: Bool?) {
-        workers.withLock { $0[thread] = idle }
-    }
-
+    /// Starts the worker pool's threads.
     public init(listenFD: Int32, app: Application) {
         self.listenFD = listenFD
         self.app = app
+        pool = WorkerPool(threads: app.config.threads, stackBytes: app.config.threadStackKiB << 10)
+        places = Semaphore(value: UInt32(app.config.maxRequests))
     }
 
-    public func startWorkers(count: Int) {
-        for index in 0..<count {
-            let started = DetachedThread.start(stackBytes: app.config.threadStackKiB << 10) { [self] in serve() }
-            precondition(started, "the system refused to start worker thread \(index + 1) of \(count)")
+    public var runningAcceptors: Int { acceptors.withLock { $0.count } }
+
+    /// Interrupts the acceptors waiting for a connection.
+    public func wakeAcceptors() {
+        acceptors.withLock { acceptors in
+            for (thread, idle) in acceptors where idle { pthread_kill(thread, Self.wakeSignal) }
         }
     }
 
-    private func serve() {
-        let worker = Worker(app: app)
-        // Heap-allocated: libfcgi keeps pointers into it for the life of the thread.
-        let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
-        request.initialize(to: FCGX_Request())
-        defer { request.deallocate() }
-        guard FCGX_InitRequest(request, listenFD, Int32(FCGI_FAIL_ACCEPT_ON_INTR)) == 0 else {
-            Log.error("FCGX_InitRequest failed")
-            return
+    private func setAcceptor(_ thread: pthread_t, idle: Bool?) {
+        acceptors.withLock { $0[thread] = idle }
+    }
+
+    public func startAccepting() {
+        for index in 0..<Self.acceptorCount {
+            let started = DetachedThread.start(stackBytes: 256 << 10) { [self] in accept() }
+            precondition(started, "the system refused to start acceptor thread \(index + 1)")
         }
-        // Frees the request's streams and parameters, closing a connection still open.
-        defer { FCGX_Free(request, 1) }
+    }
+
+    /// The accepted request's libfcgi state, handed from the acceptor to the request's task and
+    /// never used by both.
+    private struct Accepted: @unchecked Sendable {
+        let request: UnsafeMutablePointer<FCGX_Request>
+    }
+
+    private func accept() {
         let thread = pthread_self()
-        setWorker(thread, idle: false)
-        defer { setWorker(thread, idle: nil) }
+        setAcceptor(thread, idle: false)
+        defer { setAcceptor(thread, idle: nil) }
         // The wake signal may only interrupt accept(), never a request's reads and writes.
         var wakeSignalOnly = sigset_t()
         sigemptyset(&wakeSignalOnly)
         sigaddset(&wakeSignalOnly, Self.wakeSignal)
         System.setSignalMask(SIG_BLOCK, wakeSignalOnly)
         while !app.lifecycle.isDraining {
-            setWorker(thread, idle: true)
+            guard places.wait(milliseconds: 100) else { continue }
+            // Heap-allocated: libfcgi keeps pointers into it until the request is finished.
+            let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
+            request.initialize(to: FCGX_Request())
+            guard FCGX_InitRequest(request, listenFD, Int32(FCGI_FAIL_ACCEPT_ON_INTR)) == 0 else {
+                fatalError("FCGX_InitRequest failed")  // it only fills the struct in
+            }
+            setAcceptor(thread, idle: true)
             System.setSignalMask(SIG_UNBLOCK, wakeSignalOnly)
             let accepted = FCGX_Accept_r(request)
             System.setSignalMask(SIG_BLOCK, wakeSignalOnly)
-            setWorker(thread, idle: false)
+            setAcceptor(thread, idle: false)
             guard accepted >= 0 else {
+                FCGX_Free(request, 1)
+                request.deallocate()
+                places.signal()
                 if app.lifecycle.isDraining { return }
                 // EMFILE and friends: back off instead of spinning.
                 usleep(50_000)
                 continue
             }
             app.lifecycle.requestStarted()
-            let exchange = FastCGIExchange(request, metrics: app.metrics)
-            var log: RequestLog
-            switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
-            case .success(let httpRequest):
-                log = worker.handle(httpRequest, writer: exchange)
-            case .failure(let error):
-                log = RequestLog(method: exchange.param("REQUEST_METHOD") ?? "?", path: exchange.param("DOCUMENT_URI") ?? "?")
-                error.write(to: exchange)
+            let handed = Accepted(request: request)
+            Task(executorPreference: pool) { [self] in
+                await serve(handed.request)
+                places.signal()
             }
-            exchange.finish()
-            log.requestID = exchange.requestID
-            log.status = exchange.status
-            app.metrics.recordRequest(face: log.face, status: log.status, seconds: log.seconds)
-            // libfcgi closes with a lingering close, so that input we never read cannot turn
-            // into a connection reset that loses the answer. With the input read to its end a
-            // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks
-            // the request for that; the flag is cleared with the connection.)
-            if exchange.inputFullyRead { FCGX_Detach(request) }
-            FCGX_Finish_r(request)
-            app.lifecycle.requestEnded()
-            Log.info(log.line)
         }
+    }
+
+    private func serve(_ request: UnsafeMutablePointer<FCGX_Request>) async {
+        let exchange = FastCGIExchange(request, metrics: app.metrics)
+        var log: RequestLog
+        switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
+        case .success(let httpRequest):
+            log = await Worker(app: app).handle(httpRequest, writer: exchange)
+        case .failure(let error):
+            log = RequestLog(method: exchange.param("REQUEST_METHOD") ?? "?", path: exchange.param("DOCUMENT_URI") ?? "?")
+            error.write(to: exchange)
+        }
+        exchange.finish()
+        log.requestID = exchange.requestID
+        log.status = exchange.status
+        app.metrics.recordRequest(face: log.face, status: log.status, seconds: log.seconds)
+        // libfcgi closes with a lingering close, so that input we never read cannot turn
+        // into a connection reset that loses the answer. With the input read to its end a
+        // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks
+        // the request for that; the flag is cleared with the connection.)
+        if exchange.inputFullyRead { FCGX_Detach(request) }
+        // Closes the connection and frees the request's streams and parameters.
+        FCGX_Finish_r(request)
+        request.deallocate()
+        app.lifecycle.requestEnded()
+        Log.info(log.line)
     }
 }

@@ -48,7 +48,7 @@ public struct ModelTurn {
 }
 
 /// What the model client reports while a stream runs. Every method is called on the transfer
-/// loop's thread while the worker that started the call waits for it, so an observer is never
+/// loop's thread while the request that started the call waits for it, so an observer is never
 /// used by two threads at once; it must never block, or every stream of the process would wait.
 public protocol ModelStreamObserver: AnyObject {
     /// A chunk as the server sent it (`payload` is the SSE data) plus what we parsed from it.
@@ -66,10 +66,10 @@ public protocol ModelStreamObserver: AnyObject {
 /// Something that answers a conversation in streamed chunks: the real client, or a scripted
 /// model in unit tests.
 public protocol ChatModel {
-    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn
+    func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) async -> ModelTurn
 }
 
-/// The `tools` list of a chat completions request, encoded once: every request a worker sends
+/// The `tools` list of a chat completions request, encoded once per process: every request
 /// offers the same tools, and encoding their schemas was most of encoding a request.
 public struct ToolDefinitions: Sendable {
     public let definitions: [JSON]
@@ -145,15 +145,15 @@ public final class ModelClient: ChatModel {
 
     /// One call, sent again (as the official OpenAI SDKs do) when it failed in a way a second
     /// try may not, and nothing of it reached our client yet: never after output began.
-    public func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) -> ModelTurn {
-        let body = requestBody(messages: messages, tools: tools)
+    public func stream(messages: [ChatMessage], tools: ToolDefinitions, observer: ModelStreamObserver) async -> ModelTurn {
+        let body = HTTPClient.Body(requestBody(messages: messages, tools: tools))
         var retries = 0
         while true {
             let started = Clock.monotonicMilliseconds()
             var turn = ModelTurn()
             let reader = AnswerReader(observer: observer)
             do throws(ModelError) {
-                try stream(body, reader: reader, into: &turn)
+                try await stream(body, reader: reader, into: &turn)
             } catch {
                 turn.failure = error
             }
@@ -169,7 +169,7 @@ public final class ModelClient: ChatModel {
                     firstChunkAfter: reader.firstChunkAt.map { ($0 - started) / 1000 }, usage: turn.usage, failure: turn.failure)
             }
             guard let failure = turn.failure, failure.isRetryable, !reader.deliveredOutput, retries < settings.retries,
-                waitBeforeRetry(retries + 1, after: failure, observer: observer)
+                await waitBeforeRetry(retries + 1, after: failure, observer: observer)
             else {
                 turn.retries = retries
                 return turn
@@ -180,9 +180,9 @@ public final class ModelClient: ChatModel {
     }
 
     /// Backs off before sending again: exponentially with jitter, or as long as the server's
-    /// `Retry-After` asks (capped). Waits in slices so keepalives go out and a client gone or a
-    /// shutdown ends the wait; false when it did.
-    private func waitBeforeRetry(_ attempt: Int, after failure: ModelError, observer: ModelStreamObserver) -> Bool {
+    /// `Retry-After` asks (capped). Waits in slices, holding no thread, so keepalives go out and
+    /// a client gone or a shutdown ends the wait; false when it did.
+    private func waitBeforeRetry(_ attempt: Int, after failure: ModelError, observer: ModelStreamObserver) async -> Bool {
         var milliseconds = min(settings.initialBackoffMilliseconds * Double(1 << min(attempt - 1, 16)),
                                settings.maximumBackoffMilliseconds)
         milliseconds *= Double.random(in: 0.75...1.25)
@@ -193,12 +193,12 @@ public final class ModelClient: ChatModel {
         while true {
             let left = deadline - Clock.monotonicMilliseconds()
             guard left > 0 else { return true }
-            usleep(UInt32(min(left, 100) * 1000))
+            try? await Task.sleep(for: .milliseconds(min(left, 100)))
             guard observer.idle(canWrite: observer.outputHasRoom) else { return false }
         }
     }
 
-    private func stream(_ body: [UInt8], reader: AnswerReader, into turn: inout ModelTurn) throws(ModelError) {
+    private func stream(_ body: HTTPClient.Body, reader: AnswerReader, into turn: inout ModelTurn) async throws(ModelError) {
         var request = HTTPClient.Request(url: settings.baseURL + "/chat/completions")
         request.method = "POST"
         request.headers = ["Content-Type: application/json", "Accept: text/event-stream"]
@@ -209,7 +209,7 @@ public final class ModelClient: ChatModel {
 
         let head: HTTPResponseHead
         do throws(TransferError) {
-            head = try http.perform(request, into: reader)
+            head = try await http.perform(request, into: reader)
         } catch {
             turn = reader.turn
             if let failure = reader.failure { throw failure }
@@ -243,7 +243,7 @@ public final class ModelClient: ChatModel {
 
 /// Reads one streamed answer as libcurl delivers it: decodes the SSE records, accumulates the
 /// turn, and relays each chunk to the observer. Runs on the transfer loop's thread while the
-/// worker that asked for the answer waits, which then reads what it gathered.
+/// request that asked for the answer waits, which then reads what it gathered.
 final class AnswerReader: TransferConsumer {
     private let observer: ModelStreamObserver
     private(set) var turn = ModelTurn()

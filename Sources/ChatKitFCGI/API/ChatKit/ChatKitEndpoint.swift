@@ -11,9 +11,9 @@ struct ChatKitEndpoint: Endpoint {
         sse.send(["type": "error", "code": "stream.error", "allow_retry": true])
     }
 
-    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws {
         let user = try worker.admit(request, writer: writer)
-        try ChatKitRequests(worker: worker, user: user, store: try worker.store()).handle(request, writer: writer, log: &log)
+        try await ChatKitRequests(worker: worker, user: user, store: try worker.store()).handle(request, writer: writer, log: &log)
     }
 }
 
@@ -36,7 +36,7 @@ struct ChatKitRequests {
     /// Feedback is given on items the client shows: at most a page of them.
     static let maximumFeedbackItems = maximumPageSize
 
-    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
+    func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws {
         // The official server reads the body whatever its label, and which one the ChatKit client
         // sends is not documented: text (fetch's label for a string body) and none are read too.
         guard request.contentType == nil || ["application/json", "text/plain"].contains(request.mediaType) else {
@@ -61,10 +61,10 @@ struct ChatKitRequests {
         }
         defer { if Self.callsTheModel.contains(type) { worker.endModelUse(by: user, store: store, usage: log.usage) } }
         switch type {
-        case "threads.create": try create(params, writer: writer, log: &log)
-        case "threads.add_user_message": try addUserMessage(params, writer: writer, log: &log)
-        case "threads.retry_after_item": try retry(params, writer: writer, log: &log)
-        case "threads.add_client_tool_output": try addClientToolOutput(params, writer: writer, log: &log)
+        case "threads.create": try await create(params, writer: writer, log: &log)
+        case "threads.add_user_message": try await addUserMessage(params, writer: writer, log: &log)
+        case "threads.retry_after_item": try await retry(params, writer: writer, log: &log)
+        case "threads.add_client_tool_output": try await addClientToolOutput(params, writer: writer, log: &log)
         case "threads.custom_action": try customAction(params, writer: writer)
         case "threads.get_by_id": writer.writeJSON(status: 200, try threadWithItems(params))
         case "threads.list": writer.writeJSON(status: 200, try listThreads(params))
@@ -195,7 +195,7 @@ struct ChatKitRequests {
 
     // MARK: Streaming requests
 
-    private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+    private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let input = try UserInput(params["input"])
         let message = userEntry(input)
         let created = try store.createConversation(userID: user, title: "", first: [message])
@@ -205,10 +205,10 @@ struct ChatKitRequests {
         sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)], flush: false)
         sendDone(message, in: created, sse: sse)
         // Just written: no need to read the history back.
-        try runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log, titleSource: input.text)
+        try await runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
-    private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+    private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let found = try conversation(params)
         let input = try UserInput(params["input"])
         let message = userEntry(input)
@@ -216,7 +216,7 @@ struct ChatKitRequests {
         let sse = SSEWriter(writer: writer)
         sse.start()
         sendDone(message, in: found, sse: sse)
-        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: input.text)
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: input.text)
     }
 
     private func userEntry(_ input: UserInput) -> ConversationEntry {
@@ -231,7 +231,7 @@ struct ChatKitRequests {
         }
     }
 
-    private func retry(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+    private func retry(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let found = try conversation(params)
         let itemID = try string(params, "item_id")
         guard let entry = try store.entry(conversationID: found.id, itemID: itemID), entry.audience != .model else {
@@ -241,10 +241,10 @@ struct ChatKitRequests {
         try store.deleteEntries(conversationID: found.id, after: itemID)
         let sse = SSEWriter(writer: writer)
         sse.start()
-        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: entry.message.content ?? "")
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: entry.message.content ?? "")
     }
 
-    private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) throws {
+    private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let found = try conversation(params)
         guard let result = params["result"] else { throw APIError.invalidBody("params.result is required") }
         guard let latest = try store.latestVisibleEntry(conversationID: found.id), latest.awaitingResult,
@@ -258,7 +258,7 @@ struct ChatKitRequests {
         guard completed else { throw APIError.badRequest("this client tool call was already answered") }
         let sse = SSEWriter(writer: writer)
         sse.start()
-        try runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: nil)
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: nil)
     }
 
     private func customAction(_ params: JSON, writer: ResponseWriter) throws {
@@ -271,7 +271,7 @@ struct ChatKitRequests {
     }
 
     private func runAgent(in conversation: Conversation, history knownHistory: [ChatMessage]? = nil, sse: SSEWriter,
-                          writer: ResponseWriter, log: inout RequestLog, titleSource: String?) throws {
+                          writer: ResponseWriter, log: inout RequestLog, titleSource: String?) async throws {
         sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
         let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
         // A new thread's title: a truncation is known now and rides along with the first items.
@@ -280,7 +280,7 @@ struct ChatKitRequests {
         stream.titleToStore = truncatedTitle
         let history = try knownHistory
             ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
-        let summary = try worker.chatKitAgent.run(history: history, context: worker.toolContext(for: user, store: store),
+        let summary = try await worker.chatKitAgent.run(history: history, context: worker.toolContext(for: user, store: store),
                                                   observer: stream, record: stream.record)
         log.rounds = summary.rounds
         log.retries = summary.retries
@@ -291,7 +291,7 @@ struct ChatKitRequests {
             if let truncatedTitle, stream.titleToStore == nil {
                 titled.title = truncatedTitle
             } else {
-                titled.title = Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle,
+                titled.title = await Titles.make(for: titleSourceIfUntitled, style: worker.app.config.titleStyle,
                                            model: worker.chatKitAgent.model)
                 try store.rename(conversationID: titled.id, title: titled.title)
             }

@@ -1,14 +1,14 @@
 /// Thread titles: a short truncation of the first message by default, or a few words written
 /// by the model (`CHATKIT_TITLES=model`), falling back to the truncation if that call fails.
 public enum Titles {
-    static func make(for message: String, style: Config.TitleStyle, model: any ChatModel) -> String {
+    static func make(for message: String, style: Config.TitleStyle, model: any ChatModel) async -> String {
         guard style == .model else { return truncate(message) }
         let prompt = [
             ChatMessage(role: .system, content: "Write a title of at most six words for a chat that begins with the user's "
                         + "message. Answer with the title only, no quotes."),
             .user(String(message.prefix(2000))),
         ]
-        let answer = model.stream(messages: prompt, tools: .none, observer: SilentObserver())
+        let answer = await model.stream(messages: prompt, tools: .none, observer: SilentObserver())
         let title = answer.text.trimmed().trimmingQuotes()
         guard answer.failure == nil, !title.isEmpty else { return truncate(message) }
         return truncate(String(title))
