@@ -430,6 +430,9 @@ PROFILES = {
     # Many long answers at once, as a few thousand people chatting: 60 chunks 50 ms apart
     # (3 s per answer), from a cold responder.
     "2000": {"max_requests": 2100, "concurrency": "2000", "delay_ms": 50, "words": 60, "duration": 15.0, "prewarm": False},
+    # Slow answers held open: a chunk a second for 30 s, each stream's one request measured.
+    "10000-slow": {"max_requests": 10240, "concurrency": "10000", "delay_ms": 1000, "words": 30, "requests": 1,
+                   "warmup": 0.0, "prewarm": False},
 }
 
 
@@ -438,7 +441,8 @@ def parse_args():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES),
                         help="settings for one question: 2000 = 2,000 streams of 60 chunks 50 ms apart, "
-                             f"{PROFILES['2000']['max_requests']} requests at once, no prewarm")
+                             f"{PROFILES['2000']['max_requests']} requests at once, no prewarm; 10000-slow = "
+                             "10,000 streams of a chunk a second for 30 s")
     parser.add_argument("--build-dir", default=os.path.join(REPO, ".build", "release"),
                         help="directory with chatkit-fcgi, mock-model and bench-client (default: <repo>/.build/release)")
     parser.add_argument("--max-requests", type=int, default=300,
@@ -482,8 +486,16 @@ def parse_args():
     return args
 
 
-def raise_fd_limit():
+def raise_fd_limit(needed=65536):
+    """For this process and the stack it starts: each stream is a descriptor in the client and
+    two in the responder and in nginx. Root may raise the hard limit too."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return
+        except (ValueError, OSError):
+            pass
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -550,10 +562,11 @@ def benchmark(stack, args):
     results = []
     for concurrency in args.levels:
         level = {"concurrency": concurrency}
-        # Warm-up, both paths (fills the responder's per-thread SQLite and curl handles too).
+        # Warm-up, both paths (opens the responder's model connections too); --warmup 0: none.
         warm = {}
         for target in (direct, nginx):
-            warm[target.name] = run_phase(client, target, concurrency, seconds=args.warmup)
+            warm[target.name] = (run_phase(client, target, concurrency, seconds=args.warmup) if args.warmup > 0
+                                 else {"total": [], "errors": {}})
         mean_total = (sum(warm["direct"]["total"]) / len(warm["direct"]["total"])
                       if warm["direct"]["total"] else (args.words + 3) * args.delay_ms / 1000)
         if args.requests:

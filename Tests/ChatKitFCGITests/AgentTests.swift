@@ -40,7 +40,7 @@ final class RecordingObserver: AgentObserver {
         chunks += 1
         return chunks <= chunksAccepted
     }
-    func idle(canWrite: Bool) -> Bool { true }
+    func idle(canWrite: @autoclosure () -> Bool) -> Bool { true }
     func toolFinished(call: ToolCall, result: Result<JSON, ToolError>) { toolResults.append((call, result)) }
 }
 

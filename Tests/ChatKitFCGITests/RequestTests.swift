@@ -86,6 +86,20 @@ import Testing
         #expect(config.openAIBaseURL == "https://api.openai.com/v1")
         #expect(config.maxToolRounds == 8)
         #expect(config.maxBodyBytes == 1 << 20)
+        #expect(config.maxRequests == 1024 && config.threads == 32 && config.threadStackKiB == 1024)
+    }
+
+    @Test func warnsWhenTheLimitsCannotHoldTheConfiguredRequests() throws {
+        var environment = base
+        environment["CHATKIT_MAX_REQUESTS"] = "2000"
+        let config = try Config.load(environment: environment, workingDirectory: "/srv")
+        // Two per request, three per SQLite connection (8 readers, the writer, the checkpointer).
+        #expect(Capacity.descriptorsNeeded(config) == 4000 + 30 + 16)
+        #expect(Capacity.warnings(for: config, openFileLimit: 65_536, backlogCap: 4096).isEmpty)
+        let short = Capacity.warnings(for: config, openFileLimit: 1024, backlogCap: 4096)
+        #expect(short.count == 1 && short[0].contains("needs about 4046 open files") && short[0].contains("LimitNOFILE="))
+        let capped = Capacity.warnings(for: config, openFileLimit: 65_536, backlogCap: 128)
+        #expect(capped.count == 1 && capped[0].contains("net.core.somaxconn (128)"))
     }
 
     @Test func readsDatabaseURLs() throws {

@@ -109,7 +109,7 @@ def test_open_streams_and_busy_workers_are_counted_while_they_last(stack):
     during = metrics(stack)
     slow.join(30)
     assert sample(during, "chatkit_inflight_streams") == 1
-    assert sample(during, "chatkit_worker_threads_busy") >= 1
+    assert sample(during, "chatkit_requests_in_flight") >= 1
     assert sample(metrics(stack), "chatkit_inflight_streams") == 0
 
 

@@ -49,9 +49,9 @@ extension TurnStream {
     var outputHasRoom: Bool { writer.hasRoom }
     func startIfNeeded() {}
 
-    func idle(canWrite: Bool) -> Bool {
+    func idle(canWrite: @autoclosure () -> Bool) -> Bool {
         if app.lifecycle.graceExpired { return false }
-        if canWrite, sse.isQuiet(for: app.config.keepaliveSeconds) {
+        if sse.isQuiet(for: app.config.keepaliveSeconds), canWrite() {
             startIfNeeded()
             return sse.keepalive()
         }

@@ -34,8 +34,8 @@ struct MetricsEndpoint: Endpoint {
     var servedWhileDraining: Bool { true }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) throws {
-        // This request is one of the busy workers; the figure is about everyone else.
-        let text = app.metrics.render(busyWorkers: max(0, app.lifecycle.activeRequests - 1))
+        // This request is one of those in flight; the figure is about everyone else.
+        let text = app.metrics.render(requestsInFlight: max(0, app.lifecycle.activeRequests - 1))
         writer.writeHead(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                                 ("Cache-Control", "no-store")])
         _ = writer.write(Array(text.utf8))

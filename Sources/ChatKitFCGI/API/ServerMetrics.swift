@@ -11,7 +11,7 @@ public final class ServerMetrics: Sendable {
     let requestDuration: MetricFamily
     private let inflightStreams: MetricFamily
     private let inflightStreamsSeries: MetricFamily.Series
-    private let workersBusy: MetricFamily
+    private let requestsInFlight: MetricFamily
     let operationDuration: MetricFamily
     let timeToFirstChunk: MetricFamily
     let tokenUsage: MetricFamily
@@ -28,7 +28,8 @@ public final class ServerMetrics: Sendable {
                                              labels: ["face"], buckets: Self.seconds)
         inflightStreams = registry.gauge("chatkit_inflight_streams", "Event streams being written now.")
         inflightStreamsSeries = inflightStreams.series()
-        workersBusy = registry.gauge("chatkit_worker_threads_busy", "Worker threads serving a request now.")
+        requestsInFlight = registry.gauge(
+            "chatkit_requests_in_flight", "Requests being served now, streams included (at most CHATKIT_MAX_REQUESTS).")
         operationDuration = registry.histogram(
             "gen_ai_client_operation_duration_seconds", "Duration of one chat completions call to the model server.",
             labels: ["gen_ai_request_model", "error_type"], buckets: Self.seconds)
@@ -82,8 +83,8 @@ public final class ServerMetrics: Sendable {
     }
 
     /// The exposition text; the gauges read at scrape time are read now.
-    public func render(busyWorkers: Int) -> String {
-        workersBusy.set(Double(busyWorkers))
+    public func render(requestsInFlight inFlight: Int) -> String {
+        requestsInFlight.set(Double(inFlight))
         process.update()
         return registry.render()
     }

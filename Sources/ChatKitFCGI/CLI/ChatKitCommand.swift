@@ -70,6 +70,7 @@ public enum ChatKitCommand {
             throw ServeError("database \(config.database): \(error)")
         }
         raiseOpenFileLimit()
+        Capacity.warnings(for: config).forEach { Log.warning($0) }
         keepFreedMemory()
         Curl.globalInit()
         let app = Application(config: config, verifier: Application.verifier(for: config), database: database)
@@ -229,6 +230,7 @@ public enum ChatKitCommand {
             problems.append("OPENAI_API_KEY is not set but OPENAI_BASE_URL is OpenAI's API")
         }
         config.summary.forEach { print($0) }
+        Capacity.warnings(for: config).forEach { print("warning: \($0)") }
         guard problems.isEmpty else {
             printError("invalid configuration:\n" + problems.map { "  - \($0)" }.joined(separator: "\n"))
             return 78

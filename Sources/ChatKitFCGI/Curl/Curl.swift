@@ -193,9 +193,9 @@ public protocol TransferConsumer: AnyObject {
     /// body bytes are held back (the download pauses) until `watchedDescriptor` polls writable,
     /// and a pause longer than the stall timeout ends the transfer.
     var outputHasRoom: Bool { get }
-    /// About every `tickMilliseconds`, told whether the client can take a write now; false
-    /// stops the transfer.
-    func tick(outputHasRoom: Bool) -> Bool
+    /// About every `tickMilliseconds`, able to ask whether the client can take a write now;
+    /// false stops the transfer.
+    func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool
     /// Before the first body byte, or at the end for a response without a body.
     func head(_ head: HTTPResponseHead)
     /// False stops the transfer.
@@ -205,7 +205,7 @@ public protocol TransferConsumer: AnyObject {
 extension TransferConsumer {
     public var watchedDescriptor: Int32? { nil }
     public var outputHasRoom: Bool { true }
-    public func tick(outputHasRoom: Bool) -> Bool { true }
+    public func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool { true }
     public func head(_ head: HTTPResponseHead) {}
 }
 
@@ -260,7 +260,7 @@ final class Transfer: @unchecked Sendable {
         whenDone = nil
     }
 
-    func tick(outputHasRoom: Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom) ?? false }
+    func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom()) ?? false }
 
     /// One header line, read as bytes: this runs for every line of every model response.
     func header(_ line: UnsafeRawBufferPointer) {

@@ -20,11 +20,16 @@ final class TransferLoop: @unchecked Sendable {
     private let epoll: Epoll
     private let submitted: Mailbox<Submission>
 
-    /// What reaches the loop from other threads: a transfer to run, or a probe to answer.
+    /// What reaches the loop from other threads: a transfer to run, a sleeper to wake at a
+    /// time (monotonic milliseconds), or a probe to answer.
     private enum Submission: Sendable {
         case transfer(Transfer)
+        case sleep(until: Double, wake: @Sendable () -> Void)
         case probe(Semaphore)
     }
+
+    /// Few at a time (a retry's backoff), so a list does.
+    private var sleepers: [(until: Double, wake: @Sendable () -> Void)] = []
 
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
     /// By registration number, not descriptor: a descriptor closed and reused within one batch
@@ -104,6 +109,7 @@ final class TransferLoop: @unchecked Sendable {
                 socketAction(CURL_SOCKET_TIMEOUT, events: 0)
             }
             sweepTicks(now: now)
+            wakeSleepers(now: now)
         }
     }
 
@@ -111,9 +117,27 @@ final class TransferLoop: @unchecked Sendable {
     private func waitMilliseconds() -> Int32 {
         let now = Clock.monotonicMilliseconds()
         var until = running.isEmpty ? nil : nextTickSweep
+        if let sleeper = sleepers.min(by: { $0.until < $1.until }) { until = min(until ?? sleeper.until, sleeper.until) }
         if let deadline = curlDeadline { until = min(until ?? deadline, deadline) }
         guard let until else { return -1 }
         return Int32(max(0, (until - now).rounded(.up)))
+    }
+
+    /// Suspends the calling task for `milliseconds`, holding no thread. The loop keeps the time:
+    /// the runtime's own sleep would start a timer thread of the dispatch library's, which gives
+    /// up the whole process when it cannot get a descriptor (a server at its open-file limit).
+    func sleep(milliseconds: Double) async {
+        let until = Clock.monotonicMilliseconds() + milliseconds
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            submitted.post(.sleep(until: until, wake: { continuation.resume() }))
+        }
+    }
+
+    private func wakeSleepers(now: Double) {
+        guard sleepers.contains(where: { $0.until <= now }) else { return }
+        let due = sleepers.filter { $0.until <= now }
+        sleepers.removeAll { $0.until <= now }
+        for sleeper in due { sleeper.wake() }
     }
 
     /// Whether the loop still turns: it answers a probe within `milliseconds` (the watchdog).
@@ -126,8 +150,14 @@ final class TransferLoop: @unchecked Sendable {
     private func takeSubmitted() {
         let now = Clock.monotonicMilliseconds()
         for submission in submitted.takeAll() {
-            guard case .transfer(let transfer) = submission else {
-                if case .probe(let answered) = submission { answered.signal() }
+            let transfer: Transfer
+            switch submission {
+            case .transfer(let submitted): transfer = submitted
+            case .sleep(let until, let wake):
+                sleepers.append((until, wake))
+                continue
+            case .probe(let answered):
+                answered.signal()
                 continue
             }
             transfer.nextTick = now + transfer.tickMilliseconds

@@ -5,7 +5,8 @@ public struct JSONParseError: Error, Equatable, CustomStringConvertible {
 }
 
 extension JSON {
-    /// Nesting deeper than this is refused: worker threads run on small stacks.
+    /// Nesting deeper than this is refused: the parser recurses, and a worker thread's stack is
+    /// `CHATKIT_THREAD_STACK_KIB`.
     public static let maximumDepth = 64
     /// A document of more values than this is refused: a tree of small values takes about twenty
     /// times its text in memory (a 1 MB body of `[0],` raised the responder's peak by 22 MB).

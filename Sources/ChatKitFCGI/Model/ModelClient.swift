@@ -55,8 +55,9 @@ public protocol ModelStreamObserver: AnyObject {
     /// Returns false when the chunk cannot be delivered (client gone).
     func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool
     /// Called about every 100 ms while waiting; false stops the transfer. A keepalive may be
-    /// written only when `canWrite` (otherwise our client's socket is full).
-    func idle(canWrite: Bool) -> Bool
+    /// written only when `canWrite` (otherwise our client's socket is full), which is asked
+    /// only then: finding out may take a system call, and thousands of streams tick.
+    func idle(canWrite: @autoclosure () -> Bool) -> Bool
     /// Our client's socket, polled while waiting so a disconnect stops the transfer quickly.
     var clientDescriptor: Int32? { get }
     /// Whether a chunk delivered now can be written without blocking (see `ResponseWriter.hasRoom`).
@@ -193,7 +194,7 @@ public final class ModelClient: ChatModel {
         while true {
             let left = deadline - Clock.monotonicMilliseconds()
             guard left > 0 else { return true }
-            try? await Task.sleep(for: .milliseconds(min(left, 100)))
+            await TransferLoop.shared.sleep(milliseconds: min(left, 100))
             guard observer.idle(canWrite: observer.outputHasRoom) else { return false }
         }
     }
@@ -272,7 +273,7 @@ final class AnswerReader: TransferConsumer {
 
     var watchedDescriptor: Int32? { observer.clientDescriptor }
     var outputHasRoom: Bool { observer.outputHasRoom }
-    func tick(outputHasRoom: Bool) -> Bool { observer.idle(canWrite: outputHasRoom) }
+    func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool { observer.idle(canWrite: outputHasRoom()) }
     func head(_ head: HTTPResponseHead) { status = head.status }
 
     func body(_ bytes: UnsafeRawBufferPointer) -> Bool {

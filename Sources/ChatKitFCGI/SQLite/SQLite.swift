@@ -28,7 +28,8 @@ extension SQLValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Exp
     public init(_ integer: Int) { self = .integer(Int64(integer)) }
 }
 
-/// One connection. Not thread-safe by design: each worker thread owns its own.
+/// One connection. Not thread-safe by design: used by one thread at a time (the database's
+/// writer under its lock, a reader lent by the pool for one store call).
 public final class SQLiteConnection {
     private var handle: OpaquePointer?
     private var statements: [String: SQLiteStatement] = [:]

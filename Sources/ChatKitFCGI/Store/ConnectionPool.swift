@@ -1,7 +1,6 @@
-/// Database connections shared by every worker thread of the process: at most `size` open, each
-/// lent to one thread for one store call and taken back. So the connections a process holds
-/// follow its store calls in flight, not its threads or its open streams: a stream holds none
-/// while the model talks.
+/// Database connections shared by every request of the process: at most `size` open, each lent
+/// to one store call and taken back. So the connections a process holds follow its store calls
+/// in flight, not its open streams: a stream holds none while the model talks.
 ///
 /// `Connection` is not `Sendable`: an idle one is only reached under the lock, a lent one only
 /// by the thread that borrowed it.

@@ -1,5 +1,5 @@
-/// The PostgreSQL connections every worker thread of this process shares: at most `poolSize`,
-/// each lent to one thread for one transaction and taken back. PostgreSQL allows a hundred
+/// The PostgreSQL connections every request of this process shares: at most `poolSize`, each
+/// lent to one store call (one transaction) and taken back. PostgreSQL allows a hundred
 /// connections by default and hosted plans fewer, so hosts × pool must fit, however many worker
 /// threads each host runs; a stream holds no connection while the model talks.
 ///

@@ -9,7 +9,7 @@ public enum StoreError: Error, Equatable {
 /// What one process shares of its database, whichever it is: SQLite's readers, group commit and
 /// writer, or PostgreSQL's connection pool.
 public protocol StoreDatabase: Sendable {
-    /// A store for one worker thread.
+    /// A store for one request.
     func makeStore() throws -> any Store
     /// Work the database needs done in the background while the process serves.
     func startMaintenance() throws

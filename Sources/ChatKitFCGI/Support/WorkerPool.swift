@@ -29,7 +29,7 @@ final class WorkerPool: TaskExecutor {
         }
     }
 
-    /// Starts `threads` threads; false when the system refused one.
+    /// Starts `threads` threads, each with a stack of `stackBytes`.
     init(threads: Int, stackBytes: Int) {
         for index in 0..<threads {
             let started = DetachedThread.start(stackBytes: stackBytes) { [self] in run() }
@@ -44,7 +44,6 @@ final class WorkerPool: TaskExecutor {
     }
 
     private func run() -> Never {
-        // Stop signals belong to the main thread's sigwait.
         while true {
             ready.wait()
             guard let job = queue.withLock({ $0.pop() }) else { continue }

@@ -57,7 +57,7 @@ public enum Titles {
     /// The title call streams nowhere; nobody is waiting on it.
     private final class SilentObserver: ModelStreamObserver {
         func modelChunk(payload: [UInt8], parsed: ChatCompletionChunk) -> Bool { true }
-        func idle(canWrite: Bool) -> Bool { true }
+        func idle(canWrite: @autoclosure () -> Bool) -> Bool { true }
         var clientDescriptor: Int32? { nil }
         var outputHasRoom: Bool { true }
     }
