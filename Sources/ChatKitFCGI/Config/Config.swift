@@ -29,7 +29,7 @@ public struct Config: Sendable {
     public var threadStackKiB = 1024
     public var socketPath: String?
     public var socketMode: UInt32 = 0o660
-    public var listenBacklog = 1024
+    public var listenBacklog = 4096
     public var historyLimit = 50
     public var historyMaxBytes = 256 << 10
     public var toolResultMaxBytes = 16 << 10
@@ -78,7 +78,7 @@ public struct Config: Sendable {
         ("CHATKIT_THREAD_STACK_KIB", "each worker thread's stack (default 1024; sanitizer builds need more)"),
         ("CHATKIT_SOCKET", "socket path when not socket-activated (same as --socket)"),
         ("CHATKIT_SOCKET_MODE", "octal mode of a socket we create (default 0660)"),
-        ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 1024)"),
+        ("CHATKIT_LISTEN_BACKLOG", "listen backlog of a socket we create (default 4096)"),
         ("CHATKIT_HISTORY_LIMIT", "most recent messages replayed to the model (default 50)"),
         ("CHATKIT_HISTORY_MAX_BYTES", "most bytes of history replayed to the model (default 262144)"),
         ("CHATKIT_TOOL_RESULT_MAX_BYTES", "largest tool result sent back to the model (default 16384)"),
