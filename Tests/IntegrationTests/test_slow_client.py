@@ -82,3 +82,48 @@ def test_a_client_that_reads_nothing_for_the_stall_timeout_ends_its_model_stream
     unread.close()
     wait_until(lambda: "our client read nothing for 3 s" in impatient_stack.responder.output(), timeout=20,
                what="the request's log line")
+
+
+def test_clients_that_read_no_json_answer_hold_no_worker_thread(database_kind):
+    """A JSON answer larger than every socket buffer, asked for by more clients than there are
+    worker threads, none of them reading: nginx takes each answer whole, so the threads are free
+    and the next request is answered at once."""
+    stack = Stack(extra_env={"CHATKIT_THREADS": "2"}, database=database_kind)
+    readers = []
+    try:
+        token = hs256_token("hoarder")
+        big = {"content": [{"type": "input_text", "text": "x" * 900_000}], "attachments": [], "inference_options": {}}
+        created = stack_post(stack, token, {"type": "threads.create", "params": {"input": big}})
+        thread_id = json.loads(created.split(b"\n\n")[0][len(b"data: "):])["thread"]["id"]
+        # Each turn stores the message and the mock's echo of it: 8 items, about 7 MB of JSON,
+        # more than the socket buffers between us and a client hold (TCP's grow to 4 MB).
+        for _ in range(3):
+            stack_post(stack, token, {"type": "threads.add_user_message", "params": {"thread_id": thread_id, "input": big}})
+        ask = json.dumps({"type": "threads.get_by_id", "params": {"thread_id": thread_id}}).encode()
+        for _ in range(4):
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", stack.http_port))
+            raw.sendall(f"POST /api/chatkit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                        f"Authorization: Bearer {token}\r\nConnection: close\r\n"
+                        f"Content-Length: {len(ask)}\r\n\r\n".encode() + ask)
+            readers.append(raw)
+        # Every one of them is answered in full, though nobody has read a byte.
+        wait_until(lambda: stack.responder.output().count("POST /api/chatkit 200") >= 5, timeout=10,
+                   what="the unread answers to be written")
+        started = time.monotonic()
+        listed = stack_post(stack, token, {"type": "threads.list", "params": {}})
+        assert json.loads(listed)["data"][0]["id"] == thread_id
+        assert time.monotonic() - started < 2
+    finally:
+        for raw in readers:
+            raw.close()
+        stack.stop()
+
+
+def stack_post(stack, token, payload):
+    import httpx
+    reply = httpx.post(f"{stack.base_url}/api/chatkit", json=payload, headers={"Authorization": f"Bearer {token}"},
+                       timeout=10)
+    assert reply.status_code == 200, reply.text
+    return reply.content

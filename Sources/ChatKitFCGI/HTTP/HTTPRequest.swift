@@ -51,10 +51,13 @@ public protocol ResponseWriter: AnyObject {
 }
 
 extension ResponseWriter {
-    /// A whole JSON answer; `nil` writes the head alone (202, 204).
+    /// A whole JSON answer; `nil` writes the head alone (202, 204). nginx takes it all at once,
+    /// however slowly its client reads (`X-Accel-Buffering: yes`, which it keeps to itself), so a
+    /// worker thread never waits on a reader; event streams say no, so each record leaves as it
+    /// is written.
     func writeJSON(status: Int, _ body: JSON?, headers: [(String, String)] = []) {
         let contentType: [(String, String)] = body == nil ? [] : [("Content-Type", "application/json")]
-        writeHead(status: status, headers: contentType + [("Cache-Control", "no-store")] + headers)
+        writeHead(status: status, headers: contentType + [("Cache-Control", "no-store"), ("X-Accel-Buffering", "yes")] + headers)
         if let body { _ = write(body.serializedBytes + [0x0A]) }
     }
 }
