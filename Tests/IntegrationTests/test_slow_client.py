@@ -1,12 +1,14 @@
 """A client that stops reading holds up no other stream: its model download pauses, then resumes."""
 
 import json
+import select
 import socket
+import subprocess
 import time
 
 import pytest
 
-from harness import Stack, dechunk, hs256_token, wait_until
+from harness import Stack, dechunk, fastcgi_post, hs256_token, wait_until
 
 WORDS = 60_000  # about 11 MB of records: more than every buffer between the client and us holds
 
@@ -20,13 +22,18 @@ def impatient_stack(database_kind):
     started.stop()
 
 
-def open_unread_stream(port, text):
+def open_unread_stream(port, text, chatkit=False):
     """A POST whose answer nobody reads yet; a small receive buffer makes the backlog reach us."""
-    body = json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
+    if chatkit:
+        path, payload = "/api/chatkit", {"type": "threads.create", "params": {"input": {
+            "content": [{"type": "input_text", "text": text}], "attachments": [], "inference_options": {}}}}
+    else:
+        path, payload = "/api/chat", {"messages": [{"role": "user", "content": text}]}
+    body = json.dumps(payload).encode()
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     raw.connect(("127.0.0.1", port))
-    raw.sendall(f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    raw.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 f"Authorization: Bearer {hs256_token('sam')}\r\nConnection: close\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     raw.settimeout(30)
@@ -84,6 +91,25 @@ def test_a_client_that_reads_nothing_for_the_stall_timeout_ends_its_model_stream
                what="the request's log line")
 
 
+def test_streams_whose_clients_read_nothing_end_without_holding_a_worker_thread(database_kind):
+    """More unread ChatKit streams than worker threads: each ends after the stall timeout, and
+    the events that close it (the partial answer, megabytes of it, as a finished item), which
+    nobody reads, hold no thread either: the write gives up after the same timeout."""
+    stack = Stack(extra_env={"CHATKIT_THREADS": "2", "CHATKIT_STALL_TIMEOUT_SECONDS": "3"}, database=database_kind)
+    unread = []
+    try:
+        unread = [open_unread_stream(stack.http_port, " ".join(["w"] * WORDS), chatkit=True) for _ in range(3)]
+        wait_until(lambda: stack.responder.output().count("our client read nothing for 3 s") == 3, timeout=30,
+                   what="every unread stream's log line")
+        started = time.monotonic()
+        answered = stack_post(stack, hs256_token("reader"), {"type": "threads.list", "params": {}})
+        assert json.loads(answered)["data"] == [] and time.monotonic() - started < 2
+    finally:
+        for raw in unread:
+            raw.close()
+        stack.stop()
+
+
 def test_clients_that_read_no_json_answer_hold_no_worker_thread(database_kind):
     """A JSON answer larger than every socket buffer, asked for by more clients than there are
     worker threads, none of them reading: nginx takes each answer whole, so the threads are free
@@ -118,6 +144,43 @@ def test_clients_that_read_no_json_answer_hold_no_worker_thread(database_kind):
     finally:
         for raw in readers:
             raw.close()
+        stack.stop()
+
+
+def test_a_worker_thread_waits_on_a_reader_no_longer_than_the_stall_timeout(database_kind):
+    """Without nginx to buffer it: a FastCGI client that asks for a large JSON answer and reads
+    nothing holds the only worker thread for the stall timeout at most; then the write gives up
+    and the next request is served."""
+    stack = Stack(with_nginx=False, extra_env={"CHATKIT_THREADS": "1", "CHATKIT_STALL_TIMEOUT_SECONDS": "2"},
+                  database=database_kind)
+    hoarder = None
+    try:
+        token = hs256_token("hoarder")
+        big = {"content": [{"type": "input_text", "text": "x" * 900_000}], "attachments": [], "inference_options": {}}
+        status, _, created = fastcgi_post(stack.socket, "/api/chatkit", {"type": "threads.create", "params": {"input": big}},
+                                          token)
+        thread_id = json.loads(created.split("\n\n")[0][len("data: "):])["thread"]["id"]
+        for _ in range(3):
+            fastcgi_post(stack.socket, "/api/chatkit",
+                         {"type": "threads.add_user_message", "params": {"thread_id": thread_id, "input": big}}, token)
+        # cgi-fcgi stops reading the socket once nobody reads its output: about 7 MB stay unsent.
+        ask = json.dumps({"type": "threads.get_by_id", "params": {"thread_id": thread_id}}).encode()
+        env = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(ask)),
+               "REQUEST_URI": "/api/chatkit", "DOCUMENT_URI": "/api/chatkit", "HTTP_AUTHORIZATION": f"Bearer {token}"}
+        hoarder = subprocess.Popen(["cgi-fcgi", "-bind", "-connect", stack.socket], env=env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE)
+        hoarder.stdin.write(ask)
+        hoarder.stdin.close()
+        # The answer has begun (the worker is writing it) when its first bytes reach the pipe.
+        assert select.select([hoarder.stdout], [], [], 10)[0]
+        started = time.monotonic()
+        status, _, listed = fastcgi_post(stack.socket, "/api/chatkit", {"type": "threads.list", "params": {}}, token)
+        assert status == 200 and json.loads(listed)["data"][0]["id"] == thread_id
+        assert time.monotonic() - started < 2 + 3
+    finally:
+        if hoarder:
+            hoarder.kill()
+            hoarder.wait()
         stack.stop()
 
 

@@ -13,7 +13,8 @@ final class FastCGIExchange: ResponseWriter {
     private(set) var headWritten = false
     var extraHeaders: [(String, String)] = []
     private(set) var status = 0
-    private var failed = false
+    /// A write failed: the client is gone, or read nothing for the write wait.
+    private(set) var failed = false
     /// The request body was read to its end: nothing from the server is left unread.
     private(set) var inputFullyRead = false
     /// What may still be written without blocking, by the reckoning in `hasRoom`.
@@ -24,11 +25,21 @@ final class FastCGIExchange: ResponseWriter {
     /// The response is an event stream: counted among the open streams until it finishes.
     private var streaming = false
 
-    init(_ request: UnsafeMutablePointer<FCGX_Request>, metrics: ServerMetrics) {
+    /// A write that can send nothing for `writeWaitSeconds` fails, as to a client gone: a worker
+    /// thread writing to a client that reads nothing is back within that time. (The transfer
+    /// loop writes only when there is room.)
+    init(_ request: UnsafeMutablePointer<FCGX_Request>, metrics: ServerMetrics, writeWaitSeconds: Int) {
         self.request = request
         self.metrics = metrics
         let given = FCGX_GetParam("REQUEST_ID", request.pointee.envp).map { String(cString: $0) }
         requestID = given.flatMap(FastCGIParams.plausibleRequestID) ?? Self.newRequestID()
+        if let socket = clientDescriptor {
+            do {
+                try System.limitWriteWaits(socket, seconds: writeWaitSeconds)
+            } catch {
+                Log.warning("our client's socket: \(error)")
+            }
+        }
     }
 
     /// 32 hex digits, as nginx makes `$request_id`.

@@ -148,7 +148,7 @@ public final class FastCGIServer: Sendable {
     }
 
     private func serve(_ request: UnsafeMutablePointer<FCGX_Request>) async {
-        let exchange = FastCGIExchange(request, metrics: app.metrics)
+        let exchange = FastCGIExchange(request, metrics: app.metrics, writeWaitSeconds: app.config.stallTimeoutSeconds)
         var log: RequestLog
         switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
         case .success(let httpRequest):
@@ -165,9 +165,15 @@ public final class FastCGIServer: Sendable {
         // into a connection reset that loses the answer. With the input read to its end a
         // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks
         // the request for that; the flag is cleared with the connection.)
-        if exchange.inputFullyRead { FCGX_Detach(request) }
-        // Closes the connection and frees the request's streams and parameters.
-        FCGX_Finish_r(request)
+        if exchange.inputFullyRead || exchange.failed { FCGX_Detach(request) }
+        if exchange.failed {
+            // Nothing more can reach the client: the closing records would only wait out the
+            // write wait again, each of them. Closes the connection and frees the request.
+            FCGX_Free(request, 1)
+        } else {
+            // Sends the closing records, closes the connection, frees the request.
+            FCGX_Finish_r(request)
+        }
         request.deallocate()
         app.lifecycle.requestEnded()
         Log.info(log.line)

@@ -33,6 +33,12 @@ public enum System {
         }
     }
 
+    /// A blocking write to `descriptor` that can send nothing for `seconds` fails with `EAGAIN`.
+    public static func limitWriteWaits(_ descriptor: Int32, seconds: Int) throws(SystemError) {
+        var limit = timeval(tv_sec: seconds, tv_usec: 0)
+        try call("setsockopt") { setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size)) }
+    }
+
     /// Whether `descriptor` reports any of `events` right now (a poll that does not wait).
     public static func isReady(_ descriptor: Int32, for events: Int16) throws(SystemError) -> Bool {
         var entry = pollfd(fd: descriptor, events: events, revents: 0)
