@@ -256,8 +256,10 @@ final class Transfer: @unchecked Sendable {
         if failure == nil { reportHeadIfNeeded() }
         self.failure = failure
         consumer = nil
-        whenDone?(failure)
+        // Taken first: once called, the caller may go on with the transfer on another thread.
+        let done = whenDone
         whenDone = nil
+        done?(failure)
     }
 
     func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom()) ?? false }
