@@ -237,6 +237,11 @@ final class Transfer: @unchecked Sendable {
     var failure: TransferError?
     /// Set by the caller before it hands the transfer to the loop.
     var whenDone: (@Sendable (TransferError?) -> Void)?
+    /// Held by the loop's last act with the transfer and taken by the caller's first after its
+    /// wait: so everything the loop did (the consumer's reading included) is ordered before
+    /// what the caller reads, in terms ThreadSanitizer sees too. (A resumed task is ordered by
+    /// the concurrency runtime's atomics, which it does not see.)
+    private let handBack = Lock()
 
     init(easy: UnsafeMutableRawPointer, consumer: any TransferConsumer, tickMilliseconds: Double,
          stallTimeoutMilliseconds: Double) {
@@ -253,14 +258,19 @@ final class Transfer: @unchecked Sendable {
 
     /// On the loop's thread: the last thing it does with this transfer.
     func markDone(failure: TransferError?) {
-        if failure == nil { reportHeadIfNeeded() }
-        self.failure = failure
-        consumer = nil
-        // Taken first: once called, the caller may go on with the transfer on another thread.
-        let done = whenDone
-        whenDone = nil
+        let done = handBack.withLock {
+            if failure == nil { reportHeadIfNeeded() }
+            self.failure = failure
+            consumer = nil
+            // Taken first: once called, the caller may go on with the transfer on another thread.
+            defer { whenDone = nil }
+            return whenDone
+        }
         done?(failure)
     }
+
+    /// The caller's first act after its wait.
+    func takeBack() { handBack.withLock {} }
 
     func tick(outputHasRoom: @autoclosure () -> Bool) -> Bool { consumer?.tick(outputHasRoom: outputHasRoom()) ?? false }
 

@@ -71,10 +71,12 @@ final class TransferLoop: @unchecked Sendable {
 
     /// Runs `transfer` on the loop; nil when it completed. The task resumes when it ends.
     func run(_ transfer: Transfer) async -> TransferError? {
-        await withCheckedContinuation { continuation in
+        let failure = await withCheckedContinuation { continuation in
             transfer.whenDone = { continuation.resume(returning: $0) }
             submitted.post(.transfer(transfer))
         }
+        transfer.takeBack()
+        return failure
     }
 
     /// Runs `transfer` on the loop while the calling thread waits; nil when it completed.
