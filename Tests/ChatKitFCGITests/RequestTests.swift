@@ -196,6 +196,27 @@ import Testing
     }
 }
 
+@Suite struct FastCGIRecordTests {
+    @Test func contentLeavesInOneStdoutRecordWithItsRequestNumber() {
+        let records = FastCGIRecords.stdout(Array("Status: 200 OK\r\n\r\nhi".utf8), requestID: 0x0102)
+        #expect(Array(records.prefix(8)) == [1, 6, 0x01, 0x02, 0, 20, 0, 0])
+        #expect(String(decoding: records.dropFirst(8), as: UTF8.self) == "Status: 200 OK\r\n\r\nhi")
+    }
+
+    @Test func contentLongerThanARecordIsSplit() {
+        let content = (0..<(FastCGIRecords.maxContent + 10)).map { UInt8(truncatingIfNeeded: $0) }
+        let records = FastCGIRecords.stdout(content, requestID: 1)
+        #expect(Array(records.prefix(8)) == [1, 6, 0, 1, 0xFF, 0xFF, 0, 0])
+        let second = 8 + FastCGIRecords.maxContent
+        #expect(Array(records[second..<(second + 8)]) == [1, 6, 0, 1, 0, 10, 0, 0])
+        #expect(Array(records[8..<second] + records[(second + 8)...]) == content)
+    }
+
+    @Test func theEndIsAnEmptyStdoutAndACompletedRequest() {
+        #expect(FastCGIRecords.end(requestID: 7) == [1, 6, 0, 7, 0, 0, 0, 0, 1, 3, 0, 7, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    }
+}
+
 @Suite struct SSEWriterTests {
     /// Keeps every write, to see what left together.
     final class RecordingWriter: ResponseWriter {

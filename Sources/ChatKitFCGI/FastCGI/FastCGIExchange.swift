@@ -4,11 +4,23 @@ import Glibc
 /// One accepted FastCGI request: reads the CGI params and body, writes the CGI response.
 /// The only place that knows what libfcgi's return codes mean.
 ///
-/// Used by one thread at a time: the worker that accepted the request reads it and writes the
-/// head, then, while the worker waits for a model call, the transfer loop writes the records
-/// that call produces (`hasRoom`, `write`), then the worker again.
+/// libfcgi accepts the connection and reads the request; then its state is freed (two 8 KiB
+/// stream buffers were a third of what an open stream held) and the response leaves in
+/// records framed here (`FastCGIRecords`), each write one system call.
+///
+/// Used by one thread at a time: the request's task reads the request and writes the head,
+/// then, while the task waits for a model call, the transfer loop writes the records that call
+/// produces (`hasRoom`, `write`), then the task again.
 final class FastCGIExchange: ResponseWriter {
-    private let request: UnsafeMutablePointer<FCGX_Request>
+    /// The connection from nginx, ours to write to and close once the request is read.
+    private let connection: Int32
+    /// FastCGI's number for the request on that connection, repeated in every record.
+    private let recordID: UInt16
+    /// The request, or the error that ends it before any handler runs.
+    let incoming: Result<HTTPRequest, APIError>
+    /// For the log line of a request that could not be read.
+    let method: String
+    let path: String
     private var pendingHead: [UInt8] = []
     private(set) var headWritten = false
     var extraHeaders: [(String, String)] = []
@@ -16,30 +28,85 @@ final class FastCGIExchange: ResponseWriter {
     /// A write failed: the client is gone, or read nothing for the write wait.
     private(set) var failed = false
     /// The request body was read to its end: nothing from the server is left unread.
-    private(set) var inputFullyRead = false
+    private var inputFullyRead = false
     /// What may still be written without blocking, by the reckoning in `hasRoom`.
     private var provenRoom = 0
     /// nginx's `$request_id` (the `REQUEST_ID` param) when it is a plausible id, else a new one.
     let requestID: String
     private let metrics: ServerMetrics
+    private let writeWaitSeconds: Int
     /// The response is an event stream: counted among the open streams until it finishes.
     private var streaming = false
 
-    /// A write that can send nothing for `writeWaitSeconds` fails, as to a client gone: a worker
-    /// thread writing to a client that reads nothing is back within that time. (The transfer
-    /// loop writes only when there is room.)
-    init(_ request: UnsafeMutablePointer<FCGX_Request>, metrics: ServerMetrics, writeWaitSeconds: Int) {
-        self.request = request
+    /// Reads the request, then frees libfcgi's `request` (its memory too). A write that can
+    /// send nothing for `writeWaitSeconds` fails, as to a client gone: a task writing to a
+    /// client that reads nothing is back within that time. (The transfer loop writes only when
+    /// there is room.)
+    init(reading request: UnsafeMutablePointer<FCGX_Request>, maxBodyBytes: Int, metrics: ServerMetrics, writeWaitSeconds: Int) {
+        connection = request.pointee.ipcFd
+        recordID = UInt16(truncatingIfNeeded: request.pointee.requestId)
         self.metrics = metrics
-        let given = FCGX_GetParam("REQUEST_ID", request.pointee.envp).map { String(cString: $0) }
-        requestID = given.flatMap(FastCGIParams.plausibleRequestID) ?? Self.newRequestID()
-        if let socket = clientDescriptor {
-            do {
-                try System.limitWriteWaits(socket, seconds: writeWaitSeconds)
-            } catch {
-                Log.warning("our client's socket: \(error)")
+        self.writeWaitSeconds = writeWaitSeconds
+        let envp = request.pointee.envp
+        func param(_ name: String) -> String? { FCGX_GetParam(name, envp).map { String(cString: $0) } }
+        requestID = param("REQUEST_ID").flatMap(FastCGIParams.plausibleRequestID) ?? Self.newRequestID()
+        method = param("REQUEST_METHOD") ?? "GET"
+        let rawURI = param("REQUEST_URI") ?? ""
+        path = param("DOCUMENT_URI")
+            ?? param("SCRIPT_NAME").map { $0 + (param("PATH_INFO") ?? "") }
+            ?? String(rawURI.split(separator: "?", maxSplits: 1).first ?? "/")
+        var headers: [String: String] = [:]
+        var cursor = envp
+        while let entry = cursor?.pointee {
+            if let (name, value) = FastCGIParams.header(fromParam: entry) { headers[name] = value }
+            cursor = cursor?.advanced(by: 1)
+        }
+        var httpRequest = HTTPRequest(
+            method: method, path: path.isEmpty ? "/" : path,
+            contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
+        httpRequest.requestID = requestID
+        if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
+
+        let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
+        var fullyRead = false
+        if declaredLength <= maxBodyBytes,
+            let body = Self.readBody(request.pointee.in, declaredLength: declaredLength, limit: maxBodyBytes, fullyRead: &fullyRead)
+        {
+            httpRequest.body = body
+            incoming = .success(httpRequest)
+        } else {
+            incoming = .failure(.payloadTooLarge(limit: maxBodyBytes))
+        }
+        inputFullyRead = fullyRead
+        FCGX_Free(request, 0)  // streams and params; the connection stays open
+        request.deallocate()
+        do {
+            try System.limitWriteWaits(connection, seconds: writeWaitSeconds)
+        } catch {
+            Log.warning("our client's socket: \(error)")
+        }
+    }
+
+    /// Reads to the end of STDIN (nginx may send no length); nil past `limit`, never keeping
+    /// more than that.
+    private static func readBody(
+        _ input: UnsafeMutablePointer<FCGX_Stream>?, declaredLength: Int, limit: Int, fullyRead: inout Bool
+    ) -> [UInt8]? {
+        var body: [UInt8] = []
+        body.reserveCapacity(max(0, declaredLength))
+        // An uninitialised buffer: zeroing 16 KiB per request costs more than reading the body.
+        let withinLimit = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 << 10) { chunk in
+            while true {
+                let count = Int(FCGX_GetStr(chunk.baseAddress, Int32(chunk.count), input))
+                if count <= 0 {
+                    fullyRead = FCGX_GetError(input) == 0
+                    return true
+                }
+                body.append(contentsOf: UnsafeRawBufferPointer(start: chunk.baseAddress, count: count))
+                if body.count > limit { return false }
             }
         }
+        return withinLimit ? body : nil
     }
 
     /// 32 hex digits, as nginx makes `$request_id`.
@@ -56,7 +123,7 @@ final class FastCGIExchange: ResponseWriter {
         }
     }
 
-    var clientDescriptor: Int32? { request.pointee.ipcFd >= 0 ? request.pointee.ipcFd : nil }
+    var clientDescriptor: Int32? { connection }
 
     /// A Unix socket that polls writable has three quarters of its send buffer free (TCP a
     /// third). Writes are charged against a quarter of it, at twice their size plus a kilobyte
@@ -76,54 +143,8 @@ final class FastCGIExchange: ResponseWriter {
         return true
     }
 
-    /// libfcgi writes from an 8 KiB buffer: one system call per 8 KiB, plus FastCGI's framing.
+    /// Twice the bytes and a kilobyte per 8 KiB: more than the kernel's own accounting.
     private static func charge(_ bytes: Int) -> Int { 2 * (bytes + 16) + 1024 * (1 + bytes / 8192) }
-
-    func param(_ name: String) -> String? {
-        guard let value = FCGX_GetParam(name, request.pointee.envp) else { return nil }
-        return String(cString: value)
-    }
-
-    /// Builds the core's request, or the error that ends it before any handler runs.
-    func readRequest(maxBodyBytes: Int) -> Result<HTTPRequest, APIError> {
-        let method = param("REQUEST_METHOD") ?? "GET"
-        let rawURI = param("REQUEST_URI") ?? ""
-        let path = param("DOCUMENT_URI")
-            ?? param("SCRIPT_NAME").map { $0 + (param("PATH_INFO") ?? "") }
-            ?? String(rawURI.split(separator: "?", maxSplits: 1).first ?? "/")
-        var headers: [String: String] = [:]
-        var cursor = request.pointee.envp
-        while let entry = cursor?.pointee {
-            if let (name, value) = FastCGIParams.header(fromParam: entry) { headers[name] = value }
-            cursor = cursor?.advanced(by: 1)
-        }
-        var httpRequest = HTTPRequest(
-            method: method, path: path.isEmpty ? "/" : path,
-            contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
-        httpRequest.requestID = requestID
-        if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
-
-        let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
-        if declaredLength > maxBodyBytes { return .failure(.payloadTooLarge(limit: maxBodyBytes)) }
-        // Read to the end of STDIN (nginx may send no length), never keeping more than the limit.
-        var body: [UInt8] = []
-        body.reserveCapacity(max(0, declaredLength))
-        // An uninitialised buffer: zeroing 16 KiB per request costs more than reading the body.
-        let withinLimit = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 << 10) { chunk in
-            while true {
-                let count = Int(FCGX_GetStr(chunk.baseAddress, Int32(chunk.count), request.pointee.in))
-                if count <= 0 {
-                    inputFullyRead = FCGX_GetError(request.pointee.in) == 0
-                    return true
-                }
-                body.append(contentsOf: UnsafeRawBufferPointer(start: chunk.baseAddress, count: count))
-                if body.count > maxBodyBytes { return false }
-            }
-        }
-        guard withinLimit else { return .failure(.payloadTooLarge(limit: maxBodyBytes)) }
-        httpRequest.body = body
-        return .success(httpRequest)
-    }
 
     func writeHead(status: Int, headers: [(String, String)]) {
         precondition(!headWritten, "a response head is written once")
@@ -150,36 +171,53 @@ final class FastCGIExchange: ResponseWriter {
         pendingHead = head
     }
 
-    /// Writes and flushes; the first call also carries the head.
+    /// Writes at once, in one system call; the first call also carries the head.
     func write(_ bytes: [UInt8]) -> Bool {
         guard !failed else { return false }
-        provenRoom -= Self.charge(pendingHead.count + bytes.count)
+        var content = bytes
         if !pendingHead.isEmpty {
-            guard put(pendingHead) else { return false }
-            pendingHead.removeAll()
+            content = pendingHead + bytes
+            pendingHead = []
         }
-        guard put(bytes), FCGX_FFlush(request.pointee.out) == 0 else {
-            failed = true
-            return false
-        }
-        return true
+        guard !content.isEmpty else { return true }
+        provenRoom -= Self.charge(content.count)
+        return send(FastCGIRecords.stdout(content, requestID: recordID))
     }
 
-    private func put(_ bytes: [UInt8]) -> Bool {
-        guard !bytes.isEmpty else { return true }
-        let written = bytes.withUnsafeBufferPointer { buffer in
-            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
-                FCGX_PutStr($0, Int32(buffer.count), request.pointee.out)
-            }
+    private func send(_ records: [UInt8]) -> Bool {
+        do {
+            try records.withUnsafeBytes { try System.writeAll(connection, $0, waitLimitSeconds: writeWaitSeconds) }
+        } catch {
+            failed = true
         }
-        if written != Int32(bytes.count) { failed = true }
         return !failed
     }
 
-    /// A head with no body yet (a 204, say) still has to reach the client.
+    /// Ends the response: the head alone if nothing followed it (a 204, say), FastCGI's closing
+    /// records, and the connection closed.
     func finish() {
         if !pendingHead.isEmpty { _ = write([]) }
         if streaming { metrics.streamsChanged(by: -1) }
+        // After a failed write nothing more can reach the client: the closing records would
+        // only wait out the write wait again.
+        if !failed { _ = send(FastCGIRecords.end(requestID: recordID)) }
+        if inputFullyRead || failed {
+            close(connection)
+        } else {
+            Self.closeAfterInput(connection)
+        }
+    }
+
+    /// Closes once nginx has sent everything: a close with input unread resets the connection,
+    /// and the reset can overtake the answer. Gives up after 2 s without input, as libfcgi's own
+    /// close did (with `select`, which breaks for descriptors above 1023).
+    private static func closeAfterInput(_ connection: Int32) {
+        shutdown(connection, Int32(SHUT_WR))
+        var entry = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { discard in
+            while poll(&entry, 1, 2000) > 0, read(connection, discard.baseAddress, discard.count) > 0 {}
+        }
+        close(connection)
     }
 }
 
@@ -209,5 +247,43 @@ public enum FastCGIParams {
                 || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
         }
         return allowed && (1...64).contains(text.utf8.count) ? text : nil
+    }
+}
+
+
+/// The records the responder sends (FastCGI 1.0, section 5): its answer as `FCGI_STDOUT`
+/// records, then an empty one that ends that stream and an `FCGI_END_REQUEST`. Bytes only, so
+/// they are tested without a socket.
+public enum FastCGIRecords {
+    static let version: UInt8 = 1
+    static let stdoutType: UInt8 = 6
+    static let endRequestType: UInt8 = 3
+    /// A record's content length is 16 bits.
+    public static let maxContent = 65535
+
+    /// `content` in as many records as its length needs, unpadded (padding is optional).
+    public static func stdout(_ content: [UInt8], requestID: UInt16) -> [UInt8] {
+        var records: [UInt8] = []
+        records.reserveCapacity(content.count + 8 * (1 + content.count / maxContent))
+        var start = 0
+        repeat {
+            let length = min(maxContent, content.count - start)
+            records += header(type: stdoutType, requestID: requestID, contentLength: length)
+            records += content[start..<(start + length)]
+            start += length
+        } while start < content.count
+        return records
+    }
+
+    /// The end of STDOUT, then the request complete with exit status 0.
+    public static func end(requestID: UInt16) -> [UInt8] {
+        header(type: stdoutType, requestID: requestID, contentLength: 0)
+            + header(type: endRequestType, requestID: requestID, contentLength: 8)
+            + [0, 0, 0, 0, 0 /* FCGI_REQUEST_COMPLETE */, 0, 0, 0]
+    }
+
+    private static func header(type: UInt8, requestID: UInt16, contentLength: Int) -> [UInt8] {
+        [version, type, UInt8(requestID >> 8), UInt8(requestID & 0xFF),
+         UInt8(contentLength >> 8), UInt8(contentLength & 0xFF), 0, 0]
     }
 }

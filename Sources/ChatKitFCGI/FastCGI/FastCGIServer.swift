@@ -148,33 +148,21 @@ public final class FastCGIServer: Sendable {
     }
 
     private func serve(_ request: UnsafeMutablePointer<FCGX_Request>) async {
-        let exchange = FastCGIExchange(request, metrics: app.metrics, writeWaitSeconds: app.config.stallTimeoutSeconds)
+        let exchange = FastCGIExchange(
+            reading: request, maxBodyBytes: app.config.maxBodyBytes, metrics: app.metrics,
+            writeWaitSeconds: app.config.stallTimeoutSeconds)
         var log: RequestLog
-        switch exchange.readRequest(maxBodyBytes: app.config.maxBodyBytes) {
+        switch exchange.incoming {
         case .success(let httpRequest):
             log = await Worker(app: app).handle(httpRequest, writer: exchange)
         case .failure(let error):
-            log = RequestLog(method: exchange.param("REQUEST_METHOD") ?? "?", path: exchange.param("DOCUMENT_URI") ?? "?")
+            log = RequestLog(method: exchange.method, path: exchange.path)
             error.write(to: exchange)
         }
         exchange.finish()
         log.requestID = exchange.requestID
         log.status = exchange.status
         app.metrics.recordRequest(face: log.face, status: log.status, seconds: log.seconds)
-        // libfcgi closes with a lingering close, so that input we never read cannot turn
-        // into a connection reset that loses the answer. With the input read to its end a
-        // plain close is as safe and saves a sleep and a wake-up. (FCGX_Detach only marks
-        // the request for that; the flag is cleared with the connection.)
-        if exchange.inputFullyRead || exchange.failed { FCGX_Detach(request) }
-        if exchange.failed {
-            // Nothing more can reach the client: the closing records would only wait out the
-            // write wait again, each of them. Closes the connection and frees the request.
-            FCGX_Free(request, 1)
-        } else {
-            // Sends the closing records, closes the connection, frees the request.
-            FCGX_Finish_r(request)
-        }
-        request.deallocate()
         app.lifecycle.requestEnded()
         Log.info(log.line)
     }
