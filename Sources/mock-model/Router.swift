@@ -26,6 +26,11 @@ struct Router: Sendable {
         case ("/v1/chat/completions", _), ("/chat/completions", _):
             return methodNotAllowed("POST")
 
+        case ("/v1/audio/transcriptions", "POST"), ("/audio/transcriptions", "POST"):
+            return reply(Transcriptions(config: config, state: state).handle(request))
+        case ("/v1/audio/transcriptions", _), ("/audio/transcriptions", _):
+            return methodNotAllowed("POST")
+
         case ("/_mock/requests", "GET"):
             return reply(.json(200, .array(state.loggedRequests())))
         case ("/_mock/requests", "DELETE"):

@@ -271,3 +271,31 @@ import Testing
         #expect(line.count <= Log.maximumLineBytes + 64)
     }
 }
+
+@Suite struct DictationTests {
+    @Test func standardBase64IsReadWithOrWithoutPadding() {
+        #expect(Base64.decode("aGVsbG8=") == Array("hello".utf8))
+        #expect(Base64.decode("aGVsbG8") == Array("hello".utf8))
+        #expect(Base64.decode("+/8=") == [0xFB, 0xFF])
+        #expect(Base64.decode("") == [])
+    }
+
+    @Test func anythingElseIsNotBase64() {
+        for text in ["aGVsbG8=\n", "aGVs bG8=", "-_8=", "abcde", "a===", "aGVsbG8==", "%%%%"] {
+            #expect(Base64.decode(text) == nil, "\(text)")
+        }
+    }
+
+    @Test func theClipGoesByItsMediaTypeWithoutParameters() throws {
+        let clip = try #require(AudioClip(bytes: [1, 2], mimeType: "Audio/WebM; codecs=opus"))
+        #expect(clip.mediaType == "audio/webm" && clip.filename == "audio.webm")
+        #expect(AudioClip(bytes: [1], mimeType: "audio/mp4")?.filename == "audio.mp4")
+        #expect(AudioClip(bytes: [1], mimeType: "audio/ogg;codecs=opus")?.filename == "audio.ogg")
+    }
+
+    @Test func otherTypesAreNotAudioTheEndpointTakes() {
+        for type in ["video/mp4", "text/plain", "", ";codecs=opus", "audio/", "audio/webm2"] {
+            #expect(AudioClip(bytes: [1], mimeType: type) == nil, "\(type)")
+        }
+    }
+}

@@ -20,11 +20,12 @@ public final class Worker {
     private(set) lazy var chatAgent = makeAgent(clientTools: [], tools: app.chatTools)
     private(set) lazy var chatKitAgent = makeAgent(clientTools: app.config.clientTools, tools: app.chatKitTools)
 
-    private lazy var modelClient: ModelClient = {
+    private(set) lazy var modelClient: ModelClient = {
         let config = app.config
-        let settings = ModelClient.Settings(baseURL: config.openAIBaseURL, apiKey: config.openAIAPIKey, model: config.model,
+        var settings = ModelClient.Settings(baseURL: config.openAIBaseURL, apiKey: config.openAIAPIKey, model: config.model,
                                             connectTimeoutMilliseconds: config.connectTimeoutMilliseconds,
                                             stallTimeoutSeconds: config.stallTimeoutSeconds, retries: config.upstreamRetries)
+        settings.transcribeModel = config.transcribeModel
         return ModelClient(settings: settings, http: HTTPClient(), metrics: app.metrics)
     }()
 

@@ -4,7 +4,7 @@ enum JWKSFetch {
         var request = HTTPClient.Request(url: url)
         request.headers = ["Accept: application/json, application/jwk-set+json"]
         request.totalTimeoutMilliseconds = 5_000
-        let document = Document()
+        let document = CollectedBody(limit: 1 << 20)
         let head: HTTPResponseHead
         do throws(TransferError) {
             head = try HTTPClient().performWaiting(request, into: document)
@@ -13,15 +13,5 @@ enum JWKSFetch {
         }
         guard head.status == 200 else { throw .keySetUnavailable("HTTP \(head.status) from the JWKS URL") }
         return document.bytes
-    }
-
-    /// The key set's bytes, up to 1 MiB.
-    private final class Document: TransferConsumer {
-        private(set) var bytes: [UInt8] = []
-
-        func body(_ chunk: UnsafeRawBufferPointer) -> Bool {
-            bytes.append(contentsOf: chunk)
-            return bytes.count <= 1 << 20
-        }
     }
 }

@@ -12,6 +12,8 @@ public struct Config: Sendable {
     public var openAIAPIKey: String?
     public var openAIBaseURL = "https://api.openai.com/v1"
     public var model = "gpt-4o-mini"
+    /// For ChatKit's dictation (`input.transcribe`).
+    public var transcribeModel = "gpt-4o-mini-transcribe"
     public var systemPrompt = Config.defaultSystemPrompt
     public var betterAuthSecret: String?
     public var jwksURL: String?
@@ -65,6 +67,7 @@ public struct Config: Sendable {
         ("OPENAI_API_KEY", "API key for the model server (or credential openai_api_key)"),
         ("OPENAI_BASE_URL", "OpenAI-compatible base URL (default https://api.openai.com/v1)"),
         ("OPENAI_MODEL", "model name (default gpt-4o-mini)"),
+        ("OPENAI_TRANSCRIBE_MODEL", "model that transcribes ChatKit's dictation at {base}/audio/transcriptions (default gpt-4o-mini-transcribe)"),
         ("CHATKIT_SYSTEM_PROMPT", "system prompt sent first on every model call"),
         ("BETTER_AUTH_SECRET", "HS256 secret for Bearer tokens (or credential better_auth_secret)"),
         ("JWT_JWKS_URL", "JWKS URL for EdDSA/ES256/RS256 tokens, e.g. https://app/api/auth/jwks"),
@@ -154,6 +157,7 @@ public struct Config: Sendable {
             }
         }
         config.model = value("OPENAI_MODEL") ?? config.model
+        config.transcribeModel = value("OPENAI_TRANSCRIBE_MODEL") ?? config.transcribeModel
         config.systemPrompt = value("CHATKIT_SYSTEM_PROMPT") ?? config.systemPrompt
         config.betterAuthSecret = value("BETTER_AUTH_SECRET") ?? credential("better_auth_secret")
         config.jwksURL = value("JWT_JWKS_URL")
@@ -241,7 +245,7 @@ public struct Config: Sendable {
             "database: \(database)" + (database.isPostgres
                 ? " (pool \(databasePoolSize), wait \(databasePoolWaitMilliseconds) ms, statement timeout \(databaseStatementTimeoutMilliseconds) ms)"
                 : " (\(databasePoolSize) readers, wait \(databasePoolWaitMilliseconds) ms)"),
-            "model: \(model) at \(openAIBaseURL) (API key \(openAIAPIKey == nil ? "not set" : "set"))",
+            "model: \(model), dictation \(transcribeModel), at \(openAIBaseURL) (API key \(openAIAPIKey == nil ? "not set" : "set"))",
             "auth: HS256 secret \(betterAuthSecret == nil ? "not set" : "set")"
                 + ", JWKS \(jwksURL ?? jwksFile ?? "not set")"
                 + ", issuer \(jwtIssuer ?? "not checked"), audience \(jwtAudience ?? "not checked")",

@@ -120,11 +120,28 @@ public final class HTTPClient {
         deinit { bytes.deallocate() }
     }
 
+    /// One field of a `multipart/form-data` body.
+    public struct FormField {
+        public var name: String
+        public var bytes: [UInt8]
+        public var filename: String?
+        public var contentType: String?
+
+        public init(name: String, bytes: [UInt8], filename: String? = nil, contentType: String? = nil) {
+            self.name = name
+            self.bytes = bytes
+            self.filename = filename
+            self.contentType = contentType
+        }
+    }
+
     public struct Request {
         public var url: String
         public var method = "GET"
         public var headers: [String] = []
         public var body: Body?
+        /// A `multipart/form-data` body instead, built by libcurl's MIME API.
+        public var form: [FormField] = []
         public var connectTimeoutMilliseconds = 5_000
         /// Abort when the server sends nothing for this long (timed by the transfer loop).
         public var stallTimeoutSeconds = 60
@@ -186,6 +203,19 @@ public final class HTTPClient {
             if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_POSTFIELDS, body.bytes.baseAddress!) }
             transfer.body = body
         }
+        if !request.form.isEmpty, code == CURLE_OK {
+            guard let form = curl_mime_init(easy) else { throw .transport("libcurl could not allocate a form") }
+            transfer.form = form
+            for field in request.form where code == CURLE_OK {
+                let part = curl_mime_addpart(form)
+                code = curl_mime_name(part, field.name)
+                // Copied by libcurl.
+                if code == CURLE_OK { code = field.bytes.withUnsafeBytes { curl_mime_data(part, $0.baseAddress, $0.count) } }
+                if code == CURLE_OK, let filename = field.filename { code = curl_mime_filename(part, filename) }
+                if code == CURLE_OK, let type = field.contentType { code = curl_mime_type(part, type) }
+            }
+            if code == CURLE_OK { code = ccurl_setopt_pointer(easy, CURLOPT_MIMEPOST, UnsafeMutableRawPointer(form)) }
+        }
         for header in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, header) }
         if code == CURLE_OK { code = ccurl_setopt_slist(easy, CURLOPT_HTTPHEADER, transfer.headerList) }
         let context = Unmanaged.passUnretained(transfer).toOpaque()
@@ -216,6 +246,20 @@ public protocol TransferConsumer: AnyObject {
     func body(_ bytes: UnsafeRawBufferPointer) -> Bool
 }
 
+/// A whole response body, up to `limit` bytes: past it the transfer stops.
+public final class CollectedBody: TransferConsumer {
+    public let limit: Int
+    public private(set) var bytes: [UInt8] = []
+    public var exceededLimit: Bool { bytes.count > limit }
+
+    public init(limit: Int) { self.limit = limit }
+
+    public func body(_ chunk: UnsafeRawBufferPointer) -> Bool {
+        bytes.append(contentsOf: chunk)
+        return !exceededLimit
+    }
+}
+
 extension TransferConsumer {
     public var watchedDescriptor: Int32? { nil }
     public var outputHasRoom: Bool { true }
@@ -237,6 +281,9 @@ final class Transfer: @unchecked Sendable {
     var headerList: UnsafeMutablePointer<curl_slist>?
     /// Read by libcurl in place until the transfer ends.
     var body: HTTPClient.Body?
+    /// A form body (`CURLOPT_MIMEPOST`). Freeing it also unbinds it from the easy handle, which
+    /// outlives the transfer: its client holds the handle for the whole request.
+    var form: OpaquePointer?
     var head = HTTPResponseHead()
     var headReported = false
     var stopRequested = false
@@ -268,6 +315,7 @@ final class Transfer: @unchecked Sendable {
 
     deinit {
         headerList.map { curl_slist_free_all($0) }
+        form.map { curl_mime_free($0) }
     }
 
     /// On the loop's thread: the last thing it does with this transfer.

@@ -90,6 +90,8 @@ public final class ModelClient: ChatModel {
         public var baseURL: String
         public var apiKey: String?
         public var model: String
+        /// The model `transcribe` asks.
+        public var transcribeModel = "gpt-4o-mini-transcribe"
         public var connectTimeoutMilliseconds: Int
         public var stallTimeoutSeconds: Int
         /// Sendings again of a call that failed before any output reached our client.
@@ -180,17 +182,19 @@ public final class ModelClient: ChatModel {
         }
     }
 
-    /// Backs off before sending again: exponentially with jitter, or as long as the server's
-    /// `Retry-After` asks (capped). Waits in slices, holding no thread, so keepalives go out and
-    /// a client gone or a shutdown ends the wait; false when it did.
-    private func waitBeforeRetry(_ attempt: Int, after failure: ModelError, observer: ModelStreamObserver) async -> Bool {
-        var milliseconds = min(settings.initialBackoffMilliseconds * Double(1 << min(attempt - 1, 16)),
-                               settings.maximumBackoffMilliseconds)
-        milliseconds *= Double.random(in: 0.75...1.25)
+    /// Exponentially with jitter, or as long as the server's `Retry-After` asks (capped).
+    private func backoffMilliseconds(before attempt: Int, after failure: ModelError) -> Double {
         if case .http(_, _, let retryAfter?) = failure, let seconds = Double(retryAfter.trimmed()), seconds >= 0 {
-            milliseconds = min(seconds * 1000, settings.maximumRetryAfterMilliseconds)
+            return min(seconds * 1000, settings.maximumRetryAfterMilliseconds)
         }
-        let deadline = Clock.monotonicMilliseconds() + milliseconds
+        return min(settings.initialBackoffMilliseconds * Double(1 << min(attempt - 1, 16)), settings.maximumBackoffMilliseconds)
+            * Double.random(in: 0.75...1.25)
+    }
+
+    /// Backs off before sending again. Waits in slices, holding no thread, so keepalives go out
+    /// and a client gone or a shutdown ends the wait; false when it did.
+    private func waitBeforeRetry(_ attempt: Int, after failure: ModelError, observer: ModelStreamObserver) async -> Bool {
+        let deadline = Clock.monotonicMilliseconds() + backoffMilliseconds(before: attempt, after: failure)
         while true {
             let left = deadline - Clock.monotonicMilliseconds()
             guard left > 0 else { return true }
@@ -232,6 +236,57 @@ public final class ModelClient: ChatModel {
         if let failure = reader.failure { throw failure }
         guard reader.isComplete else { throw .streamError("the stream ended before the answer was finished") }
         turn.toolCalls = reader.accumulator.finish()
+    }
+
+    /// A dictated clip's text, from `{base}/audio/transcriptions` (a multipart form, as OpenAI's
+    /// endpoint takes it). Sent again as a chat call is, when it failed in a way a second try
+    /// may not.
+    public func transcribe(_ clip: AudioClip) async throws(ModelError) -> String {
+        var request = HTTPClient.Request(url: settings.baseURL + "/audio/transcriptions")
+        request.method = "POST"
+        // No "Expect: 100-continue" round trip before a large clip: the server reads it anyway.
+        request.headers = ["Accept: application/json", "Expect:"]
+        if let key = settings.apiKey { request.headers.append("Authorization: Bearer \(key)") }
+        request.form = [
+            .init(name: "file", bytes: clip.bytes, filename: clip.filename, contentType: clip.mediaType),
+            .init(name: "model", bytes: Array(settings.transcribeModel.utf8)),
+            .init(name: "response_format", bytes: Array("json".utf8)),
+        ]
+        request.connectTimeoutMilliseconds = settings.connectTimeoutMilliseconds
+        request.stallTimeoutSeconds = settings.stallTimeoutSeconds
+        var retries = 0
+        while true {
+            do throws(ModelError) {
+                return try await transcription(request)
+            } catch {
+                guard error.isRetryable, retries < settings.retries else { throw error }
+                retries += 1
+                metrics?.upstreamRetries.add()
+                await TransferLoop.shared.sleep(milliseconds: backoffMilliseconds(before: retries, after: error))
+            }
+        }
+    }
+
+    private func transcription(_ request: HTTPClient.Request) async throws(ModelError) -> String {
+        let answer = CollectedBody(limit: Self.errorBodyLimit)
+        let head: HTTPResponseHead
+        do throws(TransferError) {
+            head = try await http.perform(request, into: answer)
+        } catch {
+            switch error {
+            case .stopped where answer.exceededLimit: throw .streamError("the transcription is larger than \(answer.limit) bytes")
+            case .watchedDescriptorReady, .stopped: throw .cancelled
+            case .timedOut(let message): throw .timedOut(message)
+            case .transport(let message): throw .unreachable(message)
+            }
+        }
+        guard (200..<300).contains(head.status) else {
+            throw .http(status: head.status, message: Self.errorMessage(answer.bytes), retryAfter: head.headers["retry-after"])
+        }
+        guard let text = (try? JSON.parse(answer.bytes))?["text"]?.stringValue else {
+            throw .streamError("the transcription answer has no text")
+        }
+        return text
     }
 
     private static func errorMessage(_ body: [UInt8]) -> String {

@@ -1,11 +1,7 @@
 /// Unpadded base64url (RFC 4648 §5), as JOSE uses it.
 public enum Base64URL {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-    private static let decodeTable: [UInt8] = {
-        var table = [UInt8](repeating: 0xFF, count: 256)
-        for (value, symbol) in alphabet.enumerated() { table[Int(symbol)] = UInt8(value) }
-        return table
-    }()
+    private static let decodeTable = Base64Symbols.table(alphabet)
 
     public static func encode<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         var output: [UInt8] = []
@@ -27,13 +23,40 @@ public enum Base64URL {
     public static func decode(_ text: some StringProtocol) -> [UInt8]? { decode(text.utf8) }
 
     public static func decode(_ symbols: some Collection<UInt8>) -> [UInt8]? {
+        Base64Symbols.decode(symbols, table: decodeTable)
+    }
+}
+
+/// Standard base64 (RFC 4648 §4), as ChatKit sends dictated audio: the padding may be left
+/// off, and nothing else outside the alphabet is allowed.
+public enum Base64 {
+    private static let decodeTable = Base64Symbols.table(Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8))
+
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
+        var symbols = Substring(text).utf8[...]
+        if symbols.count % 4 == 0 {
+            for _ in 0..<2 where symbols.last == UInt8(ascii: "=") { symbols = symbols.dropLast() }
+        }
+        return Base64Symbols.decode(symbols, table: decodeTable)
+    }
+}
+
+/// Both alphabets' decoding: six bits per symbol, the spare bits of the last one ignored.
+private enum Base64Symbols {
+    static func table(_ alphabet: [UInt8]) -> [UInt8] {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (value, symbol) in alphabet.enumerated() { table[Int(symbol)] = UInt8(value) }
+        return table
+    }
+
+    static func decode(_ symbols: some Collection<UInt8>, table: [UInt8]) -> [UInt8]? {
         guard symbols.count % 4 != 1 else { return nil }
         var output: [UInt8] = []
         output.reserveCapacity(symbols.count * 3 / 4)
         var accumulator: UInt32 = 0
         var bitCount = 0
         for symbol in symbols {
-            let value = decodeTable[Int(symbol)]
+            let value = table[Int(symbol)]
             guard value != 0xFF else { return nil }
             accumulator = accumulator << 6 | UInt32(value)
             bitCount += 6

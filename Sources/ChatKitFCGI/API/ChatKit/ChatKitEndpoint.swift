@@ -25,10 +25,11 @@ struct ChatKitRequests {
     let user: String
     let store: any Store
 
-    /// The requests that run a turn: each takes one of the user's stream places and is charged
-    /// the tokens it used.
+    /// The requests that call the model (a turn, or dictation): each takes one of the user's
+    /// stream places and is charged the tokens it used.
     static let callsTheModel: Set<String> = [
         "threads.create", "threads.add_user_message", "threads.retry_after_item", "threads.add_client_tool_output",
+        "input.transcribe",
     ]
 
     static let defaultPageSize = 20
@@ -74,8 +75,14 @@ struct ChatKitRequests {
             try store.delete(conversationID: try conversation(params).id)
             writer.writeJSON(status: 200, [:])
         case "items.feedback": writer.writeJSON(status: 200, try feedback(params))
-        case "attachments.create", "attachments.delete", "input.transcribe", "threads.add_structured_input",
-            "threads.sync_custom_action":
+        case "input.transcribe":
+            let clip = try audioClip(params)
+            do {
+                writer.writeJSON(status: 200, ["text": .string(try await worker.modelClient.transcribe(clip))])
+            } catch {
+                throw APIError.model(error)
+            }
+        case "attachments.create", "attachments.delete", "threads.add_structured_input", "threads.sync_custom_action":
             throw APIError.badRequest("\(type) is not supported by this server")
         default:
             throw APIError.badRequest("unknown request type \(type)")
@@ -91,6 +98,7 @@ struct ChatKitRequests {
         case "threads.get_by_id", "threads.delete": #""thread_id":"thr_…""#
         case "items.list": #""thread_id":"thr_…","limit":20,"order":"asc","after":null"#
         case "threads.update": #""thread_id":"thr_…","title":"…""#
+        case "input.transcribe": #""audio_base64":"…","mime_type":"audio/webm;codecs=opus""#
         default: "…"
         }
     }
@@ -102,6 +110,17 @@ struct ChatKitRequests {
             throw APIError.invalidBody("params.\(name) must be a non-empty string")
         }
         return value
+    }
+
+    /// Dictated audio: base64 of a type the transcription endpoint takes.
+    private func audioClip(_ params: JSON) throws -> AudioClip {
+        guard let bytes = Base64.decode(try string(params, "audio_base64")), !bytes.isEmpty else {
+            throw APIError.invalidBody("params.audio_base64 must be the audio in base64")
+        }
+        guard let clip = AudioClip(bytes: bytes, mimeType: try string(params, "mime_type")) else {
+            throw APIError.invalidBody("params.mime_type must be an audio type: \(AudioClip.mediaTypes.joined(separator: ", "))")
+        }
+        return clip
     }
 
     /// Another user's thread gets exactly the answer a missing one gets.
