@@ -212,6 +212,13 @@ import Testing
         #expect(Array(records[8..<second] + records[(second + 8)...]) == content)
     }
 
+    @Test func noContentIsNoRecordAndAFullRecordIsOne() {
+        #expect(FastCGIRecords.stdout([], requestID: 1) == [])
+        let full = [UInt8](repeating: 7, count: FastCGIRecords.maxContent)
+        #expect(FastCGIRecords.stdout(full, requestID: 1).count == 8 + FastCGIRecords.maxContent)
+        #expect(FastCGIRecords.stdout(full + full, requestID: 1).count == 2 * (8 + FastCGIRecords.maxContent))
+    }
+
     @Test func theEndIsAnEmptyStdoutAndACompletedRequest() {
         #expect(FastCGIRecords.end(requestID: 7) == [1, 6, 0, 7, 0, 0, 0, 0, 1, 3, 0, 7, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
     }

@@ -1,6 +1,8 @@
 """Bad input through nginx: a clear 4xx with a JSON detail, no crash, nothing stored."""
 
 import json
+import socket
+import struct
 
 import pytest
 
@@ -66,3 +68,36 @@ def test_client_supplied_user_headers_are_ignored(stack, client, alice):
     with stack.db() as db:
         owners = {row[0] for row in db.execute("SELECT user_id FROM tasks WHERE title = 'spoofed'")}
     assert owners == {"alice"}
+
+
+def fastcgi_record(kind, content):
+    return struct.pack(">BBHHBB", 1, kind, 1, len(content), 0, 0) + content
+
+
+def fastcgi_params(params):
+    encoded = b""
+    for name, value in params.items():
+        name, value = name.encode(), value.encode()
+        encoded += bytes([len(name)]) + (bytes([len(value)]) if len(value) < 128 else struct.pack(">I", len(value) | 1 << 31))
+        encoded += name + value
+    return encoded
+
+
+def test_a_body_cut_off_by_its_connection_is_a_400_that_runs_nothing(stack):
+    """Straight to the responder's socket: params, then STDIN that ends with the connection."""
+    body = json.dumps({"messages": [{"role": "user", "content": "add never stored"}]}).encode()
+    params = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+              "REQUEST_URI": "/api/chat", "DOCUMENT_URI": "/api/chat", "HTTP_AUTHORIZATION": f"Bearer {hs256_token('cut')}"}
+    before = stack.row_counts()
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(10)
+        raw.connect(stack.socket)
+        raw.sendall(fastcgi_record(1, struct.pack(">HB5x", 1, 0)) + fastcgi_record(4, fastcgi_params(params))
+                    + fastcgi_record(4, b"") + fastcgi_record(5, body[:20]))
+        raw.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    assert b"Status: 400" in answer and b"the request body ended early" in answer
+    assert stack.row_counts() == before
+    assert stack.responder.output().count("POST /api/chat 400") >= 1

@@ -6,7 +6,8 @@ import Glibc
 ///
 /// libfcgi accepts the connection and reads the request; then its state is freed (two 8 KiB
 /// stream buffers were a third of what an open stream held) and the response leaves in
-/// records framed here (`FastCGIRecords`), each write one system call.
+/// records framed here (`FastCGIRecords`), each write in one system call as a rule. The
+/// connection is closed after every request: nginx's `fastcgi_keep_conn` is not served.
 ///
 /// Used by one thread at a time: the request's task reads the request and writes the head,
 /// then, while the task waits for a model call, the transfer loop writes the records that call
@@ -26,7 +27,10 @@ final class FastCGIExchange: ResponseWriter {
     var extraHeaders: [(String, String)] = []
     private(set) var status = 0
     /// A write failed: the client is gone, or read nothing for the write wait.
-    private(set) var failed = false
+    private var failed = false
+    private var closed = false
+    /// Said once per process: kept connections are closed all the same.
+    private static let keptConnectionsNoted = Locked(false)
     /// The request body was read to its end: nothing from the server is left unread.
     private var inputFullyRead = false
     /// What may still be written without blocking, by the reckoning in `hasRoom`.
@@ -45,6 +49,12 @@ final class FastCGIExchange: ResponseWriter {
     init(reading request: UnsafeMutablePointer<FCGX_Request>, maxBodyBytes: Int, metrics: ServerMetrics, writeWaitSeconds: Int) {
         connection = request.pointee.ipcFd
         recordID = UInt16(truncatingIfNeeded: request.pointee.requestId)
+        if request.pointee.keepConnection != 0, Self.keptConnectionsNoted.withLock({ noted in
+            defer { noted = true }
+            return !noted
+        }) {
+            Log.warning("nginx asks to keep FastCGI connections open (fastcgi_keep_conn on); each is closed after its request")
+        }
         self.metrics = metrics
         self.writeWaitSeconds = writeWaitSeconds
         let envp = request.pointee.envp
@@ -68,16 +78,16 @@ final class FastCGIExchange: ResponseWriter {
         if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
 
         let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
-        var fullyRead = false
-        if declaredLength <= maxBodyBytes,
-            let body = Self.readBody(request.pointee.in, declaredLength: declaredLength, limit: maxBodyBytes, fullyRead: &fullyRead)
-        {
+        switch declaredLength > maxBodyBytes ? .tooLarge : Self.readBody(request.pointee.in, declaredLength: declaredLength, limit: maxBodyBytes) {
+        case .complete(let body):
             httpRequest.body = body
             incoming = .success(httpRequest)
-        } else {
+            inputFullyRead = true
+        case .tooLarge:
             incoming = .failure(.payloadTooLarge(limit: maxBodyBytes))
+        case .broken:
+            incoming = .failure(.badRequest("the request body ended early"))
         }
-        inputFullyRead = fullyRead
         FCGX_Free(request, 0)  // streams and params; the connection stays open
         request.deallocate()
         do {
@@ -87,26 +97,27 @@ final class FastCGIExchange: ResponseWriter {
         }
     }
 
-    /// Reads to the end of STDIN (nginx may send no length); nil past `limit`, never keeping
-    /// more than that.
-    private static func readBody(
-        _ input: UnsafeMutablePointer<FCGX_Stream>?, declaredLength: Int, limit: Int, fullyRead: inout Bool
-    ) -> [UInt8]? {
+    private enum Body {
+        case complete([UInt8])
+        /// More than the limit: the rest is left unread.
+        case tooLarge
+        /// The connection failed before STDIN ended.
+        case broken
+    }
+
+    /// Reads to the end of STDIN (nginx may send no length), never keeping more than `limit`.
+    private static func readBody(_ input: UnsafeMutablePointer<FCGX_Stream>?, declaredLength: Int, limit: Int) -> Body {
         var body: [UInt8] = []
         body.reserveCapacity(max(0, declaredLength))
         // An uninitialised buffer: zeroing 16 KiB per request costs more than reading the body.
-        let withinLimit = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 << 10) { chunk in
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 16 << 10) { chunk in
             while true {
                 let count = Int(FCGX_GetStr(chunk.baseAddress, Int32(chunk.count), input))
-                if count <= 0 {
-                    fullyRead = FCGX_GetError(input) == 0
-                    return true
-                }
+                if count <= 0 { return FCGX_GetError(input) == 0 ? .complete(body) : .broken }
                 body.append(contentsOf: UnsafeRawBufferPointer(start: chunk.baseAddress, count: count))
-                if body.count > limit { return false }
+                if body.count > limit { return .tooLarge }
             }
         }
-        return withinLimit ? body : nil
     }
 
     /// 32 hex digits, as nginx makes `$request_id`.
@@ -132,10 +143,9 @@ final class FastCGIExchange: ResponseWriter {
     /// answer writes, and a poll serves a few dozen records instead of one.
     var hasRoom: Bool {
         if provenRoom > 0 { return true }
-        guard let socket = clientDescriptor else { return true }
         do {
-            guard try System.isReady(socket, for: Int16(POLLOUT)) else { return false }
-            provenRoom = Int(try System.socketOption(socket, level: SOL_SOCKET, SO_SNDBUF)) / 4
+            guard try System.isReady(connection, for: Int16(POLLOUT)) else { return false }
+            provenRoom = Int(try System.socketOption(connection, level: SOL_SOCKET, SO_SNDBUF)) / 4
         } catch {
             // The write that follows finds out what is wrong with the socket.
             Log.warning("our client's socket: \(error)")
@@ -143,7 +153,8 @@ final class FastCGIExchange: ResponseWriter {
         return true
     }
 
-    /// Twice the bytes and a kilobyte per 8 KiB: more than the kernel's own accounting.
+    /// Twice the bytes, a record header, and a kilobyte per 8 KiB the kernel may take as a
+    /// buffer of its own: more than its own accounting.
     private static func charge(_ bytes: Int) -> Int { 2 * (bytes + 16) + 1024 * (1 + bytes / 8192) }
 
     func writeHead(status: Int, headers: [(String, String)]) {
@@ -194,13 +205,17 @@ final class FastCGIExchange: ResponseWriter {
     }
 
     /// Ends the response: the head alone if nothing followed it (a 204, say), FastCGI's closing
-    /// records, and the connection closed.
+    /// records, and the connection closed. Called once.
     func finish() {
-        if !pendingHead.isEmpty { _ = write([]) }
+        precondition(!closed, "an exchange is finished once")
+        closed = true
         if streaming { metrics.streamsChanged(by: -1) }
         // After a failed write nothing more can reach the client: the closing records would
         // only wait out the write wait again.
-        if !failed { _ = send(FastCGIRecords.end(requestID: recordID)) }
+        if !failed {
+            let head = pendingHead.isEmpty ? [] : FastCGIRecords.stdout(pendingHead, requestID: recordID)
+            _ = send(head + FastCGIRecords.end(requestID: recordID))
+        }
         if inputFullyRead || failed {
             close(connection)
         } else {
@@ -210,7 +225,7 @@ final class FastCGIExchange: ResponseWriter {
 
     /// Closes once nginx has sent everything: a close with input unread resets the connection,
     /// and the reset can overtake the answer. Gives up after 2 s without input, as libfcgi's own
-    /// close did (with `select`, which breaks for descriptors above 1023).
+    /// close does.
     private static func closeAfterInput(_ connection: Int32) {
         shutdown(connection, Int32(SHUT_WR))
         var entry = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
@@ -261,8 +276,10 @@ public enum FastCGIRecords {
     /// A record's content length is 16 bits.
     public static let maxContent = 65535
 
-    /// `content` in as many records as its length needs, unpadded (padding is optional).
+    /// `content` in as many records as its length needs, unpadded (padding is optional). None
+    /// for no content: an empty record would end the stream.
     public static func stdout(_ content: [UInt8], requestID: UInt16) -> [UInt8] {
+        guard !content.isEmpty else { return [] }
         var records: [UInt8] = []
         records.reserveCapacity(content.count + 8 * (1 + content.count / maxContent))
         var start = 0

@@ -118,7 +118,8 @@ public final class FastCGIServer: Sendable {
         System.setSignalMask(SIG_BLOCK, wakeSignalOnly)
         while !app.lifecycle.isDraining {
             guard places.wait(milliseconds: 100) else { continue }
-            // Heap-allocated: libfcgi keeps pointers into it until the request is finished.
+            // Heap-allocated: libfcgi keeps pointers into it until the exchange has read the
+            // request and frees it.
             let request = UnsafeMutablePointer<FCGX_Request>.allocate(capacity: 1)
             request.initialize(to: FCGX_Request())
             guard FCGX_InitRequest(request, listenFD, Int32(FCGI_FAIL_ACCEPT_ON_INTR)) == 0 else {

@@ -27,15 +27,17 @@ public enum System {
 
     /// Writes every byte, however many calls that takes.
     ///
-    /// On a socket whose waits `limitWriteWaits` bounds, pass the limit: a call that returns short
-    /// after at least that long came back because the kernel could send nothing for that long,
-    /// and that is `EAGAIN` too. (A signal's short write is sooner, and the rest is written.)
+    /// On a Unix socket whose waits `limitWriteWaits` bounds (the kernel times each wait for
+    /// buffer space afresh), pass the limit: a call that returns short after about that long
+    /// came back because nothing could be sent for that long, and that is `EAGAIN` too. (A
+    /// signal's short write comes sooner, and the rest is written.)
     public static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, waitLimitSeconds: Int? = nil) throws(SystemError) {
         var offset = 0
         while offset < bytes.count {
             let started = Clock.monotonicMilliseconds()
             offset += try call("write") { Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset) }
-            if let waitLimitSeconds, offset < bytes.count, Clock.monotonicMilliseconds() - started >= Double(waitLimitSeconds) * 1000 {
+            // The kernel's timer may end a tick early.
+            if let waitLimitSeconds, offset < bytes.count, Clock.monotonicMilliseconds() - started >= Double(waitLimitSeconds) * 1000 - 50 {
                 throw SystemError(call: "write", code: EAGAIN)
             }
         }
