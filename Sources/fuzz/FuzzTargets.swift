@@ -53,6 +53,10 @@ enum FuzzTarget: String, CaseIterable {
         case .chatkitInput:
             guard let envelope = try? JSON.parse(bytes) else { return }
             _ = try? UserInput(envelope["params"]?["input"] ?? envelope)
+            // Dictation: base64 audio and its type.
+            if let audio = envelope["params"]?["audio_base64"]?.stringValue, let decoded = Base64.decode(audio) {
+                _ = AudioClip(bytes: decoded, mimeType: envelope["params"]?["mime_type"]?.stringValue ?? "")
+            }
         case .fastcgiParams:
             var param = bytes.filter { $0 != 0 }
             param.append(0)
