@@ -182,7 +182,8 @@ final class FastCGIExchange: ResponseWriter {
         pendingHead = head
     }
 
-    /// Writes at once, in one system call; the first call also carries the head.
+    /// Writes at once (one system call unless the kernel takes it in parts); the first call
+    /// also carries the head.
     func write(_ bytes: [UInt8]) -> Bool {
         guard !failed else { return false }
         var content = bytes
