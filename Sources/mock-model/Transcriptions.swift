@@ -44,15 +44,10 @@ struct Transcriptions: Sendable {
 
     /// `multipart/form-data; boundary=…` (the boundary may be quoted).
     static func boundary(of contentType: String?) -> String? {
-        guard let contentType, contentType.lowercased().hasPrefix("multipart/form-data") else { return nil }
-        for parameter in contentType.split(separator: ";").dropFirst() {
-            let pair = parameter.split(separator: "=", maxSplits: 1).map { String($0).trimmingWhitespace() }
-            if pair.count == 2, pair[0].lowercased() == "boundary", !pair[1].isEmpty {
-                return pair[1].hasPrefix("\"") && pair[1].hasSuffix("\"") && pair[1].count >= 2
-                    ? String(pair[1].dropFirst().dropLast()) : pair[1]
-            }
-        }
-        return nil
+        guard let contentType, contentType.lowercased().hasPrefix("multipart/form-data"),
+            let boundary = parameter("boundary", in: contentType), !boundary.isEmpty
+        else { return nil }
+        return boundary
     }
 
     /// The parts between `--boundary` lines (RFC 7578); nil when the body is not so framed.
@@ -84,7 +79,7 @@ struct Transcriptions: Sendable {
         }
     }
 
-    /// `name="value"` in a Content-Disposition line.
+    /// `name="value"` (or unquoted) after the first `;` of a header value.
     private static func parameter(_ name: String, in line: String) -> String? {
         for piece in line.split(separator: ";").dropFirst() {
             let pair = piece.split(separator: "=", maxSplits: 1).map { String($0).trimmingWhitespace() }

@@ -33,13 +33,14 @@ public enum System {
     /// signal's short write comes sooner, and the rest is written.)
     public static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, waitLimitSeconds: Int? = nil) throws(SystemError) {
         var offset = 0
+        var started = waitLimitSeconds == nil ? 0 : Clock.monotonicMilliseconds()
         while offset < bytes.count {
-            let started = Clock.monotonicMilliseconds()
             offset += try call("write") { Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset) }
+            guard let waitLimitSeconds, offset < bytes.count else { continue }
+            let now = Clock.monotonicMilliseconds()
             // The kernel's timer may end a tick early.
-            if let waitLimitSeconds, offset < bytes.count, Clock.monotonicMilliseconds() - started >= Double(waitLimitSeconds) * 1000 - 50 {
-                throw SystemError(call: "write", code: EAGAIN)
-            }
+            if now - started >= Double(waitLimitSeconds) * 1000 - 50 { throw SystemError(call: "write", code: EAGAIN) }
+            started = now
         }
     }
 
