@@ -8,7 +8,7 @@ import ChatKitFCGI
 /// through a target: how the found inputs kept under Tests/Fuzz are replayed by the tests.
 enum FuzzTarget: String, CaseIterable {
     case json, sse, chunk, jwt, jwks, chatRequest = "chat-request", chatkitInput = "chatkit-input",
-        fastcgiParams = "fastcgi-params", jsonrpc
+        fastcgiParams = "fastcgi-params", jsonrpc, multipart
 
     /// An HS256 verifier whose secret the fuzzer has to guess; an EdDSA key set from the input.
     private static let verifier = JWTVerifier(
@@ -67,6 +67,25 @@ enum FuzzTarget: String, CaseIterable {
         case .jsonrpc:
             struct NoStore: Error {}
             _ = MCPServer(toolbox: TaskTools.toolbox).respond(to: bytes, protocolVersionHeader: nil) { throw NoStore() }
+        case .multipart:
+            // The bytes as a whole form, and as the one file of a form: then they must read back
+            // unchanged, unless they hold the delimiter themselves. Also as a query and a data URL.
+            let contentType = "multipart/form-data; boundary=fuzz"
+            if let form = MultipartForm(body: bytes, contentType: contentType) {
+                for field in form.fields { precondition(field.bytes.endIndex <= bytes.count, "a field outside the body") }
+            }
+            let framed = Array("--fuzz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\n\r\n".utf8) + bytes
+                + Array("\r\n--fuzz--\r\n".utf8)
+            let file = MultipartForm(body: framed, contentType: contentType)?.field("file")
+            let padded = Array("\r\n".utf8) + bytes + Array("\r\n".utf8)
+            let holdsDelimiter = padded.indices.dropLast(7).contains { padded[$0..<($0 + 8)].elementsEqual("\r\n--fuzz".utf8) }
+            precondition(holdsDelimiter || file.map { Array($0.bytes) } == bytes, "a form's file does not read back")
+            var request = HTTPRequest(method: "GET", path: "/")
+            request.query = String(decoding: bytes, as: UTF8.self)
+            _ = request.queryParameter("signature")
+            if let (mimeType, decoded) = ChatRequest.dataURL(String(decoding: bytes, as: UTF8.self)) {
+                _ = AttachmentRules.content(decoded, matches: mimeType)
+            }
         }
     }
 }

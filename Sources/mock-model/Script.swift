@@ -67,7 +67,8 @@ struct MockPlan: Sendable {
 ///   silence after `[DONE]`; `crlf` streams with CRLF line ends and comments;
 /// - `badargs` and `unknown tool` make broken tool calls; `loop` calls list_tasks after every
 ///   result, so the turn never settles; `history` counts the messages it was sent;
-/// - anything else is echoed: `You said: TEXT`.
+/// - `attachments` lists the files of every user message it was sent (`AttachmentParts`);
+/// - anything else is echoed: `You said: TEXT`, then the files the message carried, if any.
 enum Script {
     static func decide(_ messages: [JSON]) -> ScriptOutcome {
         let lastUser = messages.last(where: { role($0) == "user" })
@@ -95,10 +96,18 @@ enum Script {
         if let flaky = flaky(messages) {
             return .completion(textPlan("Recovered after \(flaky.failures) failed attempts."))
         }
-        return .completion(planForUserCommand(command, messageCount: messages.count))
+        let attachments = Attachments(lastUser: lastUser.map(AttachmentParts.describe) ?? [],
+                                      all: messages.filter { role($0) == "user" }.flatMap(AttachmentParts.describe))
+        return .completion(planForUserCommand(command, messageCount: messages.count, attachments: attachments))
     }
 
-    private static func planForUserCommand(_ c: String, messageCount: Int) -> MockPlan {
+    /// What the user's messages carried: the last one's, and all of the request's.
+    private struct Attachments {
+        var lastUser: [String] = []
+        var all: [String] = []
+    }
+
+    private static func planForUserCommand(_ c: String, messageCount: Int, attachments: Attachments = Attachments()) -> MockPlan {
         let command = withoutClosingPunctuation(c)
         let lc = command.lowercased()
 
@@ -140,6 +149,8 @@ enum Script {
             return plan
         case "history":
             return textPlan("I received \(messageCount) messages.")
+        case "attachments":
+            return textPlan("I received \(attachments.all.count) attachments: \(attachments.all.joined(separator: "; ")).")
         default:
             break
         }
@@ -151,7 +162,8 @@ enum Script {
                 return plan
             }
         }
-        return textPlan("You said: \(c)")
+        guard !attachments.lastUser.isEmpty else { return textPlan("You said: \(c)") }
+        return textPlan("You said: \(c) Attachments: \(attachments.lastUser.joined(separator: "; ")).")
     }
 
     enum Silence { case afterHead, beforeHead }
@@ -250,7 +262,7 @@ enum Script {
         case .array(let parts)?:
             return parts.compactMap { part -> String? in
                 if let type = part["type"]?.stringValue, type != "text" { return nil }
-                return part["text"]?.stringValue
+                return part["text"]?.stringValue.flatMap { AttachmentParts.isAttachedText($0) ? nil : $0 }
             }.joined(separator: " ")
         default:
             return ""

@@ -129,4 +129,33 @@ import Testing
         let metadata = await send("/.well-known/oauth-protected-resource", method: "GET", token: nil)
         #expect(metadata.status == 200 && (try? JSON.parse(metadata.body))?["resource"] == "https://app.example/api/mcp")
     }
+
+    @Test func attachmentPathsAreRoutedByTheirShape() {
+        #expect(AttachmentEndpoint.Route(path: "/api/chatkit/attachments") == .direct)
+        #expect(AttachmentEndpoint.Route(path: "/api/chatkit/attachments/atc_1/upload") == .upload(id: "atc_1"))
+        #expect(AttachmentEndpoint.Route(path: "/api/chatkit/attachments/atc_1/preview") == .preview(id: "atc_1"))
+        for path in ["/api/chatkit/attachments/", "/api/chatkit/attachmentsX", "/api/chatkit/attachments//upload",
+                     "/api/chatkit/attachments/atc_1", "/api/chatkit/attachments/atc_1/upload/x", "/api/chatkit/attachments/atc_1/delete"] {
+            #expect(AttachmentEndpoint.Route(path: path) == nil, "\(path)")
+        }
+    }
+
+    @Test func anAttachmentsSignedURLsAreOnThePublicURLAndWorkOnlyAsSigned() async throws {
+        let created = await send("/api/chatkit", body: #"{"type":"attachments.create","params":{"name":"a.png","size":8,"mime_type":"image/png"}}"#)
+        #expect(created.status == 200, "\(created.body)")
+        let json = try JSON.parse(created.body)
+        let upload = try #require(json["upload_descriptor"]?["url"]?.stringValue)
+        #expect(upload.hasPrefix("https://app.example/api/chatkit/attachments/atc_"))
+        #expect(json["preview_url"]?.stringValue?.contains("/preview?expires=") == true)
+        let path = String(upload.dropFirst("https://app.example".count).prefix { $0 != "?" })
+        var request = HTTPRequest(method: "PUT", path: path, body: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        request.query = String(upload[upload.index(after: upload.firstIndex(of: "?")!)...])
+        let answer = Answer()
+        _ = await worker.handle(request, writer: answer)
+        #expect(answer.status == 200 && (try? JSON.parse(answer.body))?["upload_descriptor"] == nil, "\(answer.body)")
+        request.query = "expires=1" + request.query.dropFirst("expires=".count)  // another time, the same signature
+        let forged = Answer()
+        _ = await worker.handle(request, writer: forged)
+        #expect(forged.status == 403)
+    }
 }

@@ -263,6 +263,87 @@ import Testing
         #expect(try store.tokensUsed(userID: "bob", day: "2026-12-07") == 7)
     }
 
+    /// Every byte value, and more than one page of a database.
+    static let fileBytes: [UInt8] = Array((0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+
+    @Test(arguments: StoreKind.available)
+    func attachmentsKeepTheirBytesAndBelongToTheirUser(_ kind: StoreKind) throws {
+        let database = try TestDatabase(kind)
+        let store = try database.store()
+        let declared = ChatKitFCGI.Attachment(name: "a.bin", mimeType: "image/png", size: Self.fileBytes.count)
+        #expect(try store.createAttachment(declared, userID: "alice", userMaxBytes: 1 << 20, staleBefore: 0))
+        let waiting = try store.attachment(id: declared.id, userID: "alice", includingData: true)
+        #expect(waiting == StoredAttachment(attachment: declared, uploaded: false, attached: false))
+        #expect(try store.attachmentOwner(id: declared.id) == "alice")
+        #expect(try store.attachment(id: declared.id, userID: "bob", includingData: false) == nil)
+        #expect(try !store.upload(attachmentID: declared.id, userID: "bob", data: [1]))
+        #expect(try store.upload(attachmentID: declared.id, userID: "alice", data: Self.fileBytes))
+        #expect(try !store.upload(attachmentID: declared.id, userID: "alice", data: [1]), "bytes are stored once")
+        #expect(try store.attachment(id: declared.id, userID: "alice", includingData: true)?.attachment.data == Self.fileBytes)
+        #expect(try store.attachmentData(ids: [declared.id, "atc_missing"], userID: "alice") == [declared.id: Self.fileBytes])
+        #expect(try store.attachmentData(ids: [declared.id], userID: "bob").isEmpty)
+        #expect(try !store.deleteAttachment(id: declared.id, userID: "bob"))
+        #expect(try store.deleteAttachment(id: declared.id, userID: "alice"))
+        #expect(try store.attachmentOwner(id: declared.id) == nil)
+    }
+
+    @Test(arguments: StoreKind.available)
+    func aUsersAttachmentsStayWithinTheirTotal(_ kind: StoreKind) throws {
+        let database = try TestDatabase(kind)
+        let store = try database.store()
+        let first = ChatKitFCGI.Attachment(name: "a.txt", mimeType: "text/plain", size: 600, data: Array(repeating: 0x61, count: 600))
+        #expect(try store.createAttachment(first, userID: "alice", userMaxBytes: 1000, staleBefore: 0))
+        #expect(try !store.createAttachment(ChatKitFCGI.Attachment(name: "b.txt", mimeType: "text/plain", size: 401), userID: "alice",
+                                            userMaxBytes: 1000, staleBefore: 0))
+        #expect(try store.createAttachment(ChatKitFCGI.Attachment(name: "c.txt", mimeType: "text/plain", size: 400), userID: "alice",
+                                           userMaxBytes: 1000, staleBefore: 0))
+        #expect(try store.createAttachment(ChatKitFCGI.Attachment(name: "d.txt", mimeType: "text/plain", size: 900), userID: "bob",
+                                           userMaxBytes: 1000, staleBefore: 0), "the total is each user's own")
+        #expect(try store.attachment(id: first.id, userID: "alice", includingData: false)?.uploaded == true)
+    }
+
+    @Test(arguments: StoreKind.available)
+    func aMessageCarriesItsAttachmentsAndTakesThemAlongWhenDeleted(_ kind: StoreKind) throws {
+        let database = try TestDatabase(kind)
+        let store = try database.store()
+        let image = ChatKitFCGI.Attachment(name: "photo.png", mimeType: "image/png", size: 3, data: [1, 2, 3])
+        let others = ChatKitFCGI.Attachment(name: "x.png", mimeType: "image/png", size: 1, data: [9])
+        try #require(try store.createAttachment(image, userID: "alice", userMaxBytes: 1 << 20, staleBefore: 0))
+        try #require(try store.createAttachment(others, userID: "bob", userMaxBytes: 1 << 20, staleBefore: 0))
+        var described = image
+        described.data = nil
+        var bobs = others
+        bobs.data = nil
+        let message = ChatMessage.user("look", attachments: [described, bobs])
+        let conversation = try store.createConversation(userID: "alice", title: "t", first: [ConversationEntry(message)])
+        #expect(try store.recentMessages(conversationID: conversation.id, limit: 10) == [message], "replayed as described")
+        #expect(try store.attachment(id: image.id, userID: "alice", includingData: false)?.attached == true)
+        #expect(try store.attachment(id: others.id, userID: "bob", includingData: false)?.attached == false,
+                "another user's attachment never joins the message")
+        // A retry drops what follows the message; deleting the thread drops the message and its files.
+        let later = ConversationEntry(.user("again", attachments: [described]))
+        try store.append([later], to: conversation.id)
+        try store.delete(conversationID: conversation.id)
+        #expect(try store.attachmentOwner(id: image.id) == nil)
+        #expect(try store.attachmentOwner(id: others.id) == "bob")
+    }
+
+    @Test(arguments: StoreKind.available)
+    func attachmentsNeverSentWithAMessageAreRemovedOnceStale(_ kind: StoreKind) throws {
+        let database = try TestDatabase(kind)
+        let store = try database.store()
+        let stale = ChatKitFCGI.Attachment(name: "old.txt", mimeType: "text/plain", size: 1)
+        let sent = ChatKitFCGI.Attachment(name: "sent.txt", mimeType: "text/plain", size: 1, data: [0x61])
+        try #require(try store.createAttachment(stale, userID: "alice", userMaxBytes: 100, staleBefore: 0))
+        try #require(try store.createAttachment(sent, userID: "alice", userMaxBytes: 100, staleBefore: 0))
+        _ = try store.createConversation(userID: "alice", title: "t", first: [ConversationEntry(.user("", attachments: [sent]))])
+        let later = Clock.unixMilliseconds() + 1000
+        try #require(try store.createAttachment(ChatKitFCGI.Attachment(name: "new.txt", mimeType: "text/plain", size: 1), userID: "bob",
+                                                userMaxBytes: 100, staleBefore: later))
+        #expect(try store.attachmentOwner(id: stale.id) == nil)
+        #expect(try store.attachmentOwner(id: sent.id) == "alice")
+    }
+
     @Test(arguments: StoreKind.available)
     func processesThatMigrateTogetherMigrateOnce(_ kind: StoreKind) throws {
         let database = try TestDatabase(kind, migrated: false)

@@ -25,7 +25,8 @@ import Testing
         #expect(try store.entry(conversationID: 1, itemID: "tc_open")?.awaitingResult == true)
         #expect(try store.entry(conversationID: 1, itemID: "tc_done")?.awaitingResult == false)
         let indexes = try setup.query("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'") { $0.text(0) ?? "" }
-        #expect(Set(indexes) == ["conversations_by_user", "conversations_by_public_id", "messages_by_conversation", "tasks_by_user"])
+        #expect(Set(indexes) == ["conversations_by_user", "conversations_by_public_id", "messages_by_conversation", "tasks_by_user",
+                                 "attachments_by_user", "attachments_by_message", "attachments_unattached"])
     }
 
     /// Listing a user's threads, or a thread's items, walks an index in order: no sort, however

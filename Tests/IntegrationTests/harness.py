@@ -210,7 +210,7 @@ class Stack:
     def row_counts(self):
         with self.db() as db:
             return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    for table in ("conversations", "messages", "tasks")}
+                    for table in ("conversations", "messages", "tasks", "attachments")}
 
     def stop(self):
         for process in reversed(self.processes):

@@ -295,7 +295,7 @@ def test_another_users_threads_look_missing(kit):
     (json.dumps({"type": "threads.list", "params": {"order": "sideways"}}).encode(), 422),
     (json.dumps({"type": "threads.list", "params": {"after": "thr_unknown"}}).encode(), 404),
     (json.dumps({"type": "items.feedback", "params": {"thread_id": "thr_x", "item_ids": "all", "kind": "meh"}}).encode(), 404),
-    (json.dumps({"type": "attachments.create", "params": {"name": "a.png", "size": 1, "mime_type": "image/png"}}).encode(), 400),
+    (json.dumps({"type": "threads.add_structured_input", "params": {"thread_id": "thr_x"}}).encode(), 400),
     (json.dumps({"type": "input.transcribe", "params": {"audio_base64": "", "mime_type": "audio/webm"}}).encode(), 422),
     (json.dumps({"type": "threads.create", "params": {"input": {**user_input("x"), "quoted_text": 5}}}).encode(), 422),
     (json.dumps({"type": "threads.create", "params": {"input": {**user_input("x"), "inference_options": "fast"}}}).encode(), 422),

@@ -15,11 +15,14 @@ public final class Application: Sendable {
     public let database: any StoreDatabase
     public let metrics = ServerMetrics()
     let limits: UserLimits
+    /// Signs attachment URLs; the key is every host's when configured.
+    let urlSigner: URLSigner
 
     public init(config: Config, verifier: JWTVerifier, database: any StoreDatabase, toolbox: Toolbox = TaskTools.toolbox) {
         self.config = config
         self.database = database
         self.verifier = verifier
+        urlSigner = URLSigner(config: config)
         limits = UserLimits(maxStreams: config.userMaxStreams, requests: config.userRequests,
                             windowSeconds: config.userRequestsWindowSeconds)
         let metrics = metrics

@@ -1,6 +1,8 @@
 /// The body of `POST /api/chat`.
 public struct ChatRequest: Equatable {
     public var message: String
+    /// The image and file parts of the message, decoded: the endpoint checks and stores them.
+    public var files: [UploadedFile]
     public var conversationID: Int64?
 
     /// Only the last message is new input: history always comes from our store, so a client
@@ -21,15 +23,17 @@ public struct ChatRequest: Equatable {
             guard case .object = message, let role = message["role"]?.stringValue,
                 ["user", "assistant", "system", "tool"].contains(role)
             else { throw .invalidBody("messages[\(index)].role must be user, assistant, system or tool") }
-            if let content = message["content"], Self.text(of: content) == nil, content != .null {
-                throw .invalidBody("messages[\(index)].content must be a string or a list of text parts")
+            switch message["content"] {
+            case nil, .null?, .string?: break
+            case .array(let parts)? where parts.allSatisfy({ $0["type"]?.stringValue != nil }): break
+            default: throw .invalidBody("messages[\(index)].content must be a string or a list of content parts")
             }
         }
         guard last["role"]?.stringValue == "user" else { throw .invalidBody("the last message must have role user") }
-        guard let text = last["content"].flatMap(Self.text(of:)), !text.trimmed().isEmpty else {
+        (message, files) = try Self.content(of: last["content"])
+        guard !message.trimmed().isEmpty || !files.isEmpty else {
             throw .invalidBody("the last message must have non-empty text content")
         }
-        message = text
         switch json["conversation_id"] {
         case nil, .null?: conversationID = nil
         case .int(let id)? where id > 0: conversationID = Int64(id)
@@ -37,16 +41,46 @@ public struct ChatRequest: Equatable {
         }
     }
 
-    /// A string, or an array of `{"type":"text","text":...}` parts as the chat API allows.
-    static func text(of content: JSON) -> String? {
-        if let string = content.stringValue { return string }
-        guard let parts = content.arrayValue else { return nil }
-        var text = ""
-        for part in parts {
-            guard part["type"]?.stringValue == "text", let piece = part["text"]?.stringValue else { return nil }
-            text += piece
+    /// A string, or a list of parts as the chat completions API takes them: `text`, `image_url`
+    /// with a data URL, `file` with a filename and a data URL.
+    static func content(of content: JSON?) throws(APIError) -> (text: String, files: [UploadedFile]) {
+        if let string = content?.stringValue { return (string, []) }
+        guard let parts = content?.arrayValue else {
+            throw .invalidBody("the last message's content must be a string or a list of text, image_url and file parts")
         }
-        return text
+        var text = ""
+        var files: [UploadedFile] = []
+        for part in parts {
+            switch part["type"]?.stringValue {
+            case "text":
+                guard let piece = part["text"]?.stringValue else { throw .invalidBody("a text part needs a text string") }
+                text += piece
+            case "image_url":
+                guard let url = part["image_url"]?["url"]?.stringValue, let (mimeType, bytes) = dataURL(url) else {
+                    throw .invalidBody("an image_url part needs image_url.url, a base64 data: URL")
+                }
+                let fileExtension = mimeType.split(separator: "/").last.map { "." + $0 } ?? ""
+                files.append(UploadedFile(name: "image-\(files.count + 1)\(fileExtension)", mimeType: mimeType, bytes: bytes))
+            case "file":
+                guard let name = part["file"]?["filename"]?.stringValue, let url = part["file"]?["file_data"]?.stringValue,
+                    let (mimeType, bytes) = dataURL(url)
+                else { throw .invalidBody("a file part needs file.filename and file.file_data, a base64 data: URL") }
+                files.append(UploadedFile(name: name, mimeType: mimeType, bytes: bytes))
+            default:
+                throw .invalidBody("content parts must be text, image_url or file")
+            }
+        }
+        return (text, files)
+    }
+
+    /// `data:TYPE[;PARAMETER…];base64,DATA`: the type without its parameters, and the bytes.
+    public static func dataURL(_ url: String) -> (mimeType: String, bytes: [UInt8])? {
+        guard url.hasPrefix("data:"), let comma = url.firstIndex(of: ",") else { return nil }
+        let header = url[url.index(url.startIndex, offsetBy: 5)..<comma].split(separator: ";", omittingEmptySubsequences: false)
+        guard header.count >= 2, header.last == "base64", let mimeType = header.first, !mimeType.isEmpty,
+            let bytes = Base64.decode(url[url.index(after: comma)...])
+        else { return nil }
+        return (mimeType.lowercased(), bytes)
     }
 }
 
@@ -75,18 +109,28 @@ struct ChatEndpoint: Endpoint {
         try worker.beginModelUse(by: user, store: store, writer: writer)
         var usage = ChatCompletionChunk.Usage()
         defer { worker.endModelUse(by: user, store: store, usage: usage) }
+        let attachments = UserAttachments(store: store, user: user, config: worker.app.config,
+                                          links: worker.attachmentLinks(for: request, user: user))
+        guard chat.files.count <= worker.app.config.attachments.perMessage else {
+            throw APIError.badRequest("a message may carry at most \(worker.app.config.attachments.perMessage) attachments")
+        }
+        // Every file checked before any is stored.
+        let message = ChatMessage.user(chat.message, attachments: try chat.files.map(attachments.checked))
+        try message.attachments.forEach(attachments.register)
         let conversation: Conversation
-        let history: [ChatMessage]
+        var history: [ChatMessage]
         if let owned {
             conversation = owned
-            try store.append([.user(chat.message)], to: owned.id)
+            try store.append([message], to: owned.id)
             history = try store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit)
         } else {
             // The conversation and its first message in one write.
             conversation = try store.createConversation(
-                userID: user, title: Titles.truncate(chat.message), first: [ConversationEntry(.user(chat.message))])
-            history = [.user(chat.message)]  // just written: no need to read it back
+                userID: user, title: Titles.truncate(chat.message.trimmed().isEmpty ? message.attachments[0].name : chat.message),
+                first: [ConversationEntry(message)])
+            history = [message]  // just written: no need to read it back
         }
+        history = try attachments.loadingData(into: history)
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
         let summary = try await worker.chatAgent.run(

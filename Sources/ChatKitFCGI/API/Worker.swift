@@ -112,6 +112,12 @@ public final class Worker {
         return (day, Int(86_400 - now.truncatingRemainder(dividingBy: 86_400)) + 1)
     }
 
+    /// The signed URLs `user` is handed for attachments, on the public URL or the request's origin.
+    func attachmentLinks(for request: HTTPRequest, user: String) -> AttachmentLinks {
+        AttachmentLinks(signer: app.urlSigner, baseURL: app.config.publicURL ?? request.origin, user: user,
+                        lifetimeSeconds: app.config.attachmentURLSeconds)
+    }
+
     func toolContext(for user: String, store: any Store) -> ToolContext {
         ToolContext(userID: user, store: store, maxTasks: app.config.userMaxTasks)
     }
@@ -121,6 +127,7 @@ public final class Worker {
         case "/api/chat": ChatEndpoint(worker: self)
         case "/api/chatkit": ChatKitEndpoint(worker: self)
         case "/api/mcp": MCPEndpoint(worker: self)
+        case let path where path.hasPrefix(AttachmentLinks.path): AttachmentEndpoint.Route(path: path).map { AttachmentEndpoint(worker: self, route: $0) }
         case let path where ResourceMetadataEndpoint.paths.contains(path): ResourceMetadataEndpoint(config: app.config)
         case "/livez", "/readyz": HealthEndpoint(worker: self, checksReadiness: path == "/readyz")
         case "/metrics": MetricsEndpoint(app: app)

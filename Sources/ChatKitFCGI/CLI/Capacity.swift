@@ -1,7 +1,7 @@
 import Glibc
 
-/// Whether the process's limits can hold the concurrency it is configured for: what
-/// `check-config` warns about and `serve` logs at start.
+/// Whether the process's limits can hold the concurrency it is configured for, and whether
+/// what it hands out works on every host: what `check-config` warns about and `serve` logs at start.
 public enum Capacity {
     /// Two descriptors per request (its FastCGI connection and its connection to the model),
     /// three per SQLite connection (database, WAL, shared memory; the readers, the writer, the
@@ -25,6 +25,10 @@ public enum Capacity {
         if let backlogCap, backlogCap < config.listenBacklog {
             warnings.append("net.core.somaxconn (\(backlogCap)) caps the listen backlog below CHATKIT_LISTEN_BACKLOG="
                             + "\(config.listenBacklog) (and below a socket unit's Backlog=): raise the sysctl")
+        }
+        if config.urlSigningKey == nil, config.betterAuthSecret == nil {
+            warnings.append("attachment URLs are signed with a key of this process only: they stop working on restart and "
+                            + "on other hosts; set CHATKIT_URL_SIGNING_KEY (the same on every host)")
         }
         return warnings
     }

@@ -49,6 +49,14 @@ public struct Config: Sendable {
     public var keepaliveSeconds = 15
     public var shutdownGraceSeconds = 30
     public var publicURL: String?
+    public var attachments = AttachmentRules()
+    /// Replayed earlier attachments' bytes, beyond the newest message's own.
+    public var historyAttachmentBytes = 20 << 20
+    /// Attachments never sent with a message are removed after this long.
+    public var unattachedSeconds = 86_400
+    /// How long an attachment's signed upload and preview URLs work.
+    public var attachmentURLSeconds = 3600
+    public var urlSigningKey: String?
     public var mcpAllowedOrigins: [String] = []
     public var clientTools: [ClientTool] = []
     public var titleStyle = TitleStyle.truncate
@@ -98,6 +106,14 @@ public struct Config: Sendable {
         ("CHATKIT_KEEPALIVE_SECONDS", "SSE comment interval while waiting (default 15)"),
         ("CHATKIT_SHUTDOWN_GRACE_SECONDS", "how long SIGTERM waits for streams (default 30)"),
         ("CHATKIT_PUBLIC_URL", "public base URL, e.g. https://app.example (default: from the request)"),
+        ("CHATKIT_ATTACHMENT_MAX_BYTES", "largest attachment (default 10485760); nginx's upload location must allow a little more"),
+        ("CHATKIT_ATTACHMENT_TYPES", "comma-separated attachment types: image/png, image/jpeg, image/gif, image/webp, application/pdf, text/* (default: the images, application/pdf, text/plain)"),
+        ("CHATKIT_ATTACHMENTS_PER_MESSAGE", "attachments one message may carry (default 10)"),
+        ("CHATKIT_ATTACHMENT_USER_MAX_BYTES", "what one user's attachments may take together, on every host (default 104857600)"),
+        ("CHATKIT_ATTACHMENT_UNATTACHED_SECONDS", "attachments never sent with a message are removed after this long (default 86400)"),
+        ("CHATKIT_ATTACHMENT_URL_SECONDS", "how long signed upload and preview URLs work (default 3600)"),
+        ("CHATKIT_HISTORY_ATTACHMENT_BYTES", "most bytes of earlier messages' attachments replayed to the model (default 20971520)"),
+        ("CHATKIT_URL_SIGNING_KEY", "key that signs attachment URLs, the same on every host (or credential url_signing_key; default: derived from BETTER_AUTH_SECRET)"),
         ("CHATKIT_MCP_ALLOWED_ORIGINS", "comma-separated browser Origins allowed on /api/mcp (default none)"),
         ("CHATKIT_CLIENT_TOOLS", "JSON list of {name, description, parameters} tools the browser runs"),
         ("CHATKIT_TITLES", "thread titles: truncate (default) or model"),
@@ -202,6 +218,25 @@ public struct Config: Sendable {
                 problems.append("CHATKIT_PUBLIC_URL=\(url) must start with http:// or https://")
             }
         }
+        integer("CHATKIT_ATTACHMENT_MAX_BYTES", &config.attachments.maxBytes, range: 1024...(512 << 20))
+        integer("CHATKIT_ATTACHMENTS_PER_MESSAGE", &config.attachments.perMessage, range: 1...100)
+        integer("CHATKIT_ATTACHMENT_USER_MAX_BYTES", &config.attachments.userMaxBytes, range: 0...(1 << 50))
+        integer("CHATKIT_ATTACHMENT_UNATTACHED_SECONDS", &config.unattachedSeconds, range: 60...(365 * 86_400))
+        integer("CHATKIT_ATTACHMENT_URL_SECONDS", &config.attachmentURLSeconds, range: 10...86_400)
+        integer("CHATKIT_HISTORY_ATTACHMENT_BYTES", &config.historyAttachmentBytes, range: 0...(1 << 40))
+        if let types = value("CHATKIT_ATTACHMENT_TYPES") {
+            let list = types.split(separator: ",").map { $0.trimmed().lowercased() }.filter { !$0.isEmpty }
+            let unknown = list.filter { AttachmentRules.kind(of: $0) == nil }
+            if unknown.isEmpty {
+                config.attachments.allowedTypes = list
+            } else {
+                problems.append("CHATKIT_ATTACHMENT_TYPES: \(unknown.joined(separator: ", ")) cannot reach the model; use image/png, image/jpeg, image/gif, image/webp, application/pdf or text/*")
+            }
+        }
+        config.urlSigningKey = value("CHATKIT_URL_SIGNING_KEY") ?? credential("url_signing_key")
+        if let key = config.urlSigningKey, key.utf8.count < 32 {
+            problems.append("CHATKIT_URL_SIGNING_KEY must be at least 32 bytes")
+        }
         config.mcpAllowedOrigins = (value("CHATKIT_MCP_ALLOWED_ORIGINS") ?? "").split(separator: ",")
             .map { String($0.trimmed()) }.filter { !$0.isEmpty }
 
@@ -239,6 +274,15 @@ public struct Config: Sendable {
         return config
     }
 
+    /// The largest body a request to `path` may have: an upload carries a whole attachment and
+    /// its multipart framing; everything else is JSON.
+    public func bodyLimit(forPath path: String) -> Int {
+        path.hasPrefix(AttachmentLinks.path) ? attachments.maxBytes + Self.multipartAllowance : maxBodyBytes
+    }
+
+    /// A form's boundaries and part headers around one file.
+    static let multipartAllowance = 16 << 10
+
     /// What `check-config` shows: every setting, secrets reduced to whether they are set.
     public var summary: [String] {
         [
@@ -253,6 +297,9 @@ public struct Config: Sendable {
             "per user: \(userMaxStreams == 0 ? "any number of" : String(userMaxStreams)) streams, "
                 + "\(userRequests == 0 ? "no request limit" : "\(userRequests) requests per \(userRequestsWindowSeconds) s"), "
                 + "\(userTokensPerDay == 0 ? "no token budget" : "\(userTokensPerDay) tokens a day"), \(userMaxTasks) tasks",
+            "attachments: \(attachments.allowedTypes.joined(separator: ", ")), up to \(attachments.maxBytes) bytes each, "
+                + "\(attachments.perMessage) a message, \(attachments.userMaxBytes) bytes a user; URLs signed with "
+                + (urlSigningKey != nil ? "CHATKIT_URL_SIGNING_KEY" : betterAuthSecret != nil ? "a key derived from BETTER_AUTH_SECRET" : "a key of this process only"),
             "max body: \(maxBodyBytes) bytes, model connect timeout: \(connectTimeoutMilliseconds) ms, stall timeout: \(stallTimeoutSeconds) s",
         ]
     }

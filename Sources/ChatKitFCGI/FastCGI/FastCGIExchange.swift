@@ -46,7 +46,8 @@ final class FastCGIExchange: ResponseWriter {
     /// send nothing for `writeWaitSeconds` fails, as to a client gone: a task writing to a
     /// client that reads nothing is back within that time. (The transfer loop writes only when
     /// there is room.)
-    init(reading request: UnsafeMutablePointer<FCGX_Request>, maxBodyBytes: Int, metrics: ServerMetrics, writeWaitSeconds: Int) {
+    init(reading request: UnsafeMutablePointer<FCGX_Request>, bodyLimit: (_ path: String) -> Int, metrics: ServerMetrics,
+         writeWaitSeconds: Int) {
         connection = request.pointee.ipcFd
         recordID = UInt16(truncatingIfNeeded: request.pointee.requestId)
         if request.pointee.keepConnection != 0, Self.keptConnectionsNoted.withLock({ noted in
@@ -75,9 +76,11 @@ final class FastCGIExchange: ResponseWriter {
             method: method, path: path.isEmpty ? "/" : path,
             contentType: param("CONTENT_TYPE").flatMap { $0.isEmpty ? nil : $0 }, headers: headers)
         httpRequest.requestID = requestID
+        httpRequest.query = param("QUERY_STRING") ?? ""
         if param("REQUEST_SCHEME") == "https" || param("HTTPS") == "on" { httpRequest.scheme = "https" }
 
         let declaredLength = param("CONTENT_LENGTH").flatMap { Int($0) } ?? 0
+        let maxBodyBytes = bodyLimit(httpRequest.path)
         switch declaredLength > maxBodyBytes ? .tooLarge : Self.readBody(request.pointee.in, declaredLength: declaredLength, limit: maxBodyBytes) {
         case .complete(let body):
             httpRequest.body = body

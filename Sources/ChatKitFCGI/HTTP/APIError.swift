@@ -5,6 +5,8 @@ public enum APIError: Error, Equatable {
     case unauthorized(AuthError, resourceMetadata: String? = nil)
     case forbidden(String)
     case notFound(String)
+    /// The request is fine but the resource is past the state it needs (an upload done twice).
+    case conflict(String)
     case methodNotAllowed(allowed: [String])
     case payloadTooLarge(limit: Int)
     case unsupportedMediaType
@@ -20,6 +22,7 @@ public enum APIError: Error, Equatable {
         case .unauthorized: 401
         case .forbidden: 403
         case .notFound: 404
+        case .conflict: 409
         case .methodNotAllowed: 405
         case .payloadTooLarge: 413
         case .unsupportedMediaType: 415
@@ -34,7 +37,7 @@ public enum APIError: Error, Equatable {
 
     public var detail: String {
         switch self {
-        case .badRequest(let why), .invalidBody(let why), .notFound(let why), .forbidden(let why): why
+        case .badRequest(let why), .invalidBody(let why), .notFound(let why), .forbidden(let why), .conflict(let why): why
         case .unauthorized(let error, _): error.detail
         case .methodNotAllowed(let allowed): "method not allowed; use \(allowed.joined(separator: ", "))"
         case .payloadTooLarge(let limit): "request body larger than \(limit) bytes"

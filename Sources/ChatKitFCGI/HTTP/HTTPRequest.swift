@@ -1,8 +1,10 @@
 /// A request as the core sees it, independent of FastCGI.
 public struct HTTPRequest: Sendable {
     public var method: String
-    /// Decoded path without the query string (no endpoint takes query parameters).
+    /// Decoded path without the query string.
     public var path: String
+    /// The raw query string, without `?` (signed attachment URLs carry their signature in it).
+    public var query = ""
     /// `http` or `https`, as nginx saw the request.
     public var scheme = "http"
     public var contentType: String?
@@ -27,6 +29,41 @@ public struct HTTPRequest: Sendable {
     }
 
     public var hasJSONBody: Bool { mediaType == "application/json" }
+
+    /// The first value of a query parameter, percent-decoded; nil when absent or badly encoded.
+    public func queryParameter(_ name: String) -> String? {
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard Self.percentDecoded(parts[0]) == name else { continue }
+            return parts.count == 2 ? Self.percentDecoded(parts[1]) : ""
+        }
+        return nil
+    }
+
+    /// `+` is a space, as forms encode it; `%XX` a byte; the result must be UTF-8.
+    static func percentDecoded(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            switch byte {
+            case UInt8(ascii: "+"): bytes.append(UInt8(ascii: " "))
+            case UInt8(ascii: "%"):
+                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+                bytes.append(high << 4 | low)
+            default: bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ digit: UInt8) -> UInt8? {
+        switch digit {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
 }
 
 extension HTTPRequest {
@@ -73,6 +110,7 @@ public enum HTTPStatus {
         case 403: "Forbidden"
         case 404: "Not Found"
         case 405: "Method Not Allowed"
+        case 409: "Conflict"
         case 411: "Length Required"
         case 413: "Content Too Large"
         case 415: "Unsupported Media Type"

@@ -18,6 +18,8 @@ public enum SQLValue: Equatable, Sendable {
     case null
     case integer(Int64)
     case text(String)
+    /// Bytes as they are (an attachment's file).
+    case blob([UInt8])
 }
 
 extension SQLValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByNilLiteral {
@@ -186,6 +188,12 @@ final class SQLiteStatement {
                 status = bytes.withUnsafeBufferPointer {
                     sqlite3_bind_text(raw, index, $0.baseAddress, Int32($0.count - 1), csqlite_transient())
                 }
+            case .blob(let bytes):
+                // A zero-length blob, not NULL, even when the array has no storage.
+                status = bytes.withUnsafeBytes {
+                    sqlite3_bind_blob64(raw, index, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), UInt64($0.count),
+                                        csqlite_transient())
+                }
             }
             guard status == SQLITE_OK else { throw SQLiteError(code: status, message: connection.lastErrorMessage, sql: sql) }
         }
@@ -215,6 +223,14 @@ public struct SQLiteRow: StoredRow {
         guard let bytes = sqlite3_column_text(statement, column) else { return nil }
         let count = Int(sqlite3_column_bytes(statement, column))
         return String(decoding: UnsafeBufferPointer(start: bytes, count: count), as: UTF8.self)
+    }
+
+    public func bytes(_ column: Int32) -> [UInt8]? {
+        guard sqlite3_column_type(statement, column) != SQLITE_NULL else { return nil }
+        let blob = sqlite3_column_blob(statement, column)
+        let count = Int(sqlite3_column_bytes(statement, column))
+        guard let blob, count > 0 else { return [] }
+        return Array(UnsafeRawBufferPointer(start: blob, count: count))
     }
 
 }

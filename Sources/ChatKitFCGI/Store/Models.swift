@@ -20,20 +20,32 @@ public struct ChatMessage: Equatable, Sendable {
     public var content: String?
     public var toolCalls: [ToolCall]
     public var toolCallID: String?
+    /// Files the user sent with the message; their bytes are loaded only to go to the model.
+    public var attachments: [Attachment]
 
-    public init(role: Role, content: String?, toolCalls: [ToolCall] = [], toolCallID: String? = nil) {
+    public init(role: Role, content: String?, toolCalls: [ToolCall] = [], toolCallID: String? = nil,
+                attachments: [Attachment] = []) {
         self.role = role
         self.content = content
         self.toolCalls = toolCalls
         self.toolCallID = toolCallID
+        self.attachments = attachments
     }
 
-    public static func user(_ text: String) -> ChatMessage { ChatMessage(role: .user, content: text) }
+    public static func user(_ text: String, attachments: [Attachment] = []) -> ChatMessage {
+        ChatMessage(role: .user, content: text, attachments: attachments)
+    }
 
-    /// The message as the chat completions API takes it.
+    /// The message as the chat completions API takes it: with attachments, its content is a
+    /// list of parts, the text first.
     public var json: JSON {
         var members: [(String, JSON)] = [("role", .string(role.rawValue))]
-        members.append(("content", JSON(content)))
+        if attachments.isEmpty {
+            members.append(("content", JSON(content)))
+        } else {
+            let text: [JSON] = (content ?? "").isEmpty ? [] : [["type": "text", "text": .string(content ?? "")]]
+            members.append(("content", .array(text + attachments.map(\.modelPart))))
+        }
         if !toolCalls.isEmpty {
             members.append(("tool_calls", .array(toolCalls.map { call in
                 ["id": .string(call.id), "type": "function",
@@ -92,6 +104,7 @@ public enum PublicID {
         case workflow = "wf"
         case clientToolCall = "tc"
         case hiddenNote = "shcx"
+        case attachment = "atc"
     }
 
     public static func make(_ kind: Kind) -> String {
@@ -112,6 +125,36 @@ public enum PublicID {
         let nibble = UInt8(truncatingIfNeeded: value & 0xF)
         return nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
     }
+}
+
+/// A file a user sent: an image, a PDF or a text file (`AttachmentRules` says which types).
+/// The store keeps its bytes in a table of their own; a message carries only this description,
+/// and the bytes when they are loaded to go to the model or the browser.
+public struct Attachment: Equatable, Sendable {
+    /// ChatKit's attachment id (`atc_…`).
+    public let id: String
+    public var name: String
+    /// A media type without parameters, lowercased.
+    public var mimeType: String
+    public var size: Int
+    public var data: [UInt8]?
+
+    public init(id: String = PublicID.make(.attachment), name: String, mimeType: String, size: Int, data: [UInt8]? = nil) {
+        self.id = id
+        self.name = name
+        self.mimeType = mimeType
+        self.size = size
+        self.data = data
+    }
+}
+
+/// An attachment as its owner's store row has it.
+public struct StoredAttachment: Equatable, Sendable {
+    public var attachment: Attachment
+    /// Its bytes have arrived.
+    public var uploaded: Bool
+    /// It is part of a message.
+    public var attached: Bool
 }
 
 public struct Conversation: Equatable, Sendable {

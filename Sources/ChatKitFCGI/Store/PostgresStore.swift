@@ -61,6 +61,25 @@ public final class PostgresStore: Store {
             PRIMARY KEY (user_id, day)
         );
         """,
+        // Attachments: each row describes a file and holds its bytes. A message lists what it
+        // carries; its rows go when it goes.
+        """
+        ALTER TABLE messages ADD COLUMN attachments TEXT;
+        CREATE TABLE attachments (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            public_id TEXT NOT NULL UNIQUE,
+            user_id TEXT NOT NULL,
+            message_id BIGINT REFERENCES messages (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            mime_type TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            data BYTEA
+        );
+        CREATE INDEX attachments_by_user ON attachments (user_id);
+        CREATE INDEX attachments_by_message ON attachments (message_id) WHERE message_id IS NOT NULL;
+        CREATE INDEX attachments_unattached ON attachments (created_at) WHERE message_id IS NULL;
+        """,
     ]
 
     /// Held for the migration's transaction, so hosts that start together migrate one at a time
@@ -121,7 +140,7 @@ public final class PostgresStore: Store {
             "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING id",
             [.text(publicID), .text(userID), .text(title), .integer(now)])
         let results = try database.transaction(
-            [created] + first.map { Self.insert($0, from: "conversations WHERE public_id = $1", [.text(publicID)], at: now) })
+            [created] + first.flatMap { Self.insert($0, from: "conversations WHERE public_id = $1", [.text(publicID)], at: now) })
         return Conversation(id: results[0].integer(0, 0), publicID: publicID, userID: userID, title: title.storable,
                             createdAt: now, updatedAt: now)
     }
@@ -175,28 +194,41 @@ public final class PostgresStore: Store {
             "UPDATE conversations SET updated_at = $1, title = coalesce($2, title) WHERE id = $3",
             [.integer(now), SQLValue(title), .integer(conversationID)])
         let results = try database.transaction(
-            [touched] + entries.map { Self.insert($0, from: "conversations WHERE id = $1", [.integer(conversationID)], at: now) })
+            [touched] + entries.flatMap { Self.insert($0, from: "conversations WHERE id = $1", [.integer(conversationID)], at: now) })
         guard results[0].affected == 1 else { throw StoreError.conversationDeleted }
     }
 
-    /// An insert of `entry` into the conversation whose `id` the rows of `source` hold (found
-    /// with `arguments`, which come first): nothing is inserted when there is no such row.
-    /// `prefix` may define `source` as a WITH query.
+    /// The statements that insert `entry` into the conversation whose `id` the rows of `source`
+    /// hold (found with `arguments`, which come first): nothing is inserted when there is no
+    /// such row. `prefix` may define `source` as a WITH query. A user message's attachments
+    /// become part of it in the statements that follow.
     private static func insert(_ entry: ConversationEntry, prefix: String = "", from source: String, _ arguments: [SQLValue],
-                               at now: Int64) -> PostgresStatement {
-        let types = ["text", "text", "text", "text", "text", "text", "text", "boolean", "bigint"]
+                               at now: Int64) -> [PostgresStatement] {
+        let types = ["text", "text", "text", "text", "text", "text", "text", "boolean", "bigint", "text"]
         let values = types.enumerated().map { "$\(arguments.count + $0.offset + 1)::\($0.element)" }.joined(separator: ", ")
         let message = entry.message
-        return PostgresStatement(
+        let inserted = PostgresStatement(
             """
             \(prefix)INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id, item,
-                                  awaiting_result, created_at)
+                                  awaiting_result, created_at, attachments)
             SELECT id, \(values) FROM \(source)
             """,
             arguments + [.text(entry.itemID), .text(entry.audience.rawValue), .text(message.role.rawValue),
                          SQLValue(message.content), SQLValue(ToolCall.storedText(message.toolCalls)), SQLValue(message.toolCallID),
                          SQLValue(entry.item?.serialized), .text(entry.awaitingResult ? "true" : "false"),
-                         .integer(entry.createdAt != 0 ? entry.createdAt : now)])
+                         .integer(entry.createdAt != 0 ? entry.createdAt : now), SQLValue(Attachment.storedText(message.attachments))])
+        let claims = message.attachments.map { attachment in
+            PostgresStatement(
+                """
+                UPDATE attachments SET message_id = messages.id
+                FROM messages, (SELECT id, user_id FROM \(source)) AS owner
+                WHERE messages.conversation_id = owner.id AND messages.public_id = $\(arguments.count + 1)
+                  AND attachments.public_id = $\(arguments.count + 2) AND attachments.message_id IS NULL
+                  AND attachments.user_id = owner.user_id
+                """,
+                arguments + [.text(entry.itemID), .text(attachment.id)])
+        }
+        return [inserted] + claims
     }
 
     public func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage] {
@@ -259,7 +291,7 @@ public final class PostgresStore: Store {
             """
         let insert = Self.insert(result, prefix: resolved, from: "resolved",
                                  [.integer(conversationID), .text(item.serialized), .text(itemID)], at: Self.now())
-        return try database.transaction([insert])[0].affected == 1
+        return try database.transaction(insert)[0].affected == 1
     }
 
     public func deleteEntries(conversationID: Int64, after itemID: String) throws {
@@ -336,6 +368,63 @@ public final class PostgresStore: Store {
         ).first(TodoTask.init(row:))
     }
 
+    // MARK: Attachments
+
+    private static let attachmentColumns = StoredAttachment.columns(
+        uploaded: "(data IS NOT NULL)::int", attached: "(message_id IS NOT NULL)::int")
+
+    public func createAttachment(_ attachment: Attachment, userID: String, userMaxBytes: Int, staleBefore: Int64) throws -> Bool {
+        let results = try database.transaction([
+            PostgresStatement("DELETE FROM attachments WHERE message_id IS NULL AND created_at < $1", [.integer(staleBefore)]),
+            PostgresStatement(
+                """
+                INSERT INTO attachments (public_id, user_id, name, mime_type, size, created_at, data)
+                SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bigint, $7::bytea
+                WHERE (SELECT coalesce(sum(size), 0) FROM attachments WHERE user_id = $2::text) + $5::bigint <= $8::bigint
+                """,
+                [.text(attachment.id), .text(userID), .text(attachment.name), .text(attachment.mimeType),
+                 .integer(Int64(attachment.size)), .integer(Self.now()), attachment.data.map(SQLValue.blob) ?? .null,
+                 .integer(Int64(userMaxBytes))]),
+        ])
+        return results[1].affected == 1
+    }
+
+    public func attachment(id: String, userID: String, includingData: Bool) throws -> StoredAttachment? {
+        try one(
+            "SELECT \(Self.attachmentColumns)\(includingData ? ", data" : "") FROM attachments WHERE public_id = $1 AND user_id = $2",
+            [.text(id), .text(userID)]
+        ).first { row in
+            var found = StoredAttachment(row: row)
+            if includingData { found.attachment.data = row.bytes(6) }
+            return found
+        }
+    }
+
+    public func attachmentOwner(id: String) throws -> String? {
+        try one("SELECT user_id FROM attachments WHERE public_id = $1", [.text(id)]).first { $0.text(0) } ?? nil
+    }
+
+    public func upload(attachmentID: String, userID: String, data: [UInt8]) throws -> Bool {
+        try one("UPDATE attachments SET data = $1 WHERE public_id = $2 AND user_id = $3 AND data IS NULL",
+                [.blob(data), .text(attachmentID), .text(userID)]).affected == 1
+    }
+
+    public func attachmentData(ids: [String], userID: String) throws -> [String: [UInt8]] {
+        guard !ids.isEmpty else { return [:] }
+        let rows = try one(
+            """
+            SELECT public_id, data FROM attachments
+            WHERE user_id = $1 AND data IS NOT NULL AND public_id IN (SELECT jsonb_array_elements_text($2::jsonb))
+            """,
+            [.text(userID), .text(JSON.array(ids.map(JSON.string)).serialized)]
+        ).all { row in (row.text(0) ?? "", row.bytes(1) ?? []) }
+        return Dictionary(rows, uniquingKeysWith: { first, _ in first })
+    }
+
+    public func deleteAttachment(id: String, userID: String) throws -> Bool {
+        try one("DELETE FROM attachments WHERE public_id = $1 AND user_id = $2", [.text(id), .text(userID)]).affected == 1
+    }
+
     // MARK: Token budgets
 
     public func tokensUsed(userID: String, day: String) throws -> Int {
@@ -361,6 +450,7 @@ extension PostgresRows {
         let values: [String?]
         func integer(_ column: Int32) -> Int64 { values[Int(column)].flatMap { Int64($0) } ?? 0 }
         func text(_ column: Int32) -> String? { values[Int(column)] }
+        func bytes(_ column: Int32) -> [UInt8]? { values[Int(column)].flatMap(PostgresConnection.bytes(fromByteaHex:)) }
     }
 
     func all<T>(_ decode: (Row) -> T) -> [T] { rows.map { decode(Row(values: $0)) } }

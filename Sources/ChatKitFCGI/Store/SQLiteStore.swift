@@ -98,6 +98,25 @@ public final class SQLiteStore: Store {
             PRIMARY KEY (user_id, day)
         ) WITHOUT ROWID;
         """,
+        // Attachments: each row describes a file and holds its bytes, last, so reading the rest
+        // never reads them. A message lists what it carries; its rows go when it goes.
+        """
+        ALTER TABLE messages ADD COLUMN attachments TEXT;
+        CREATE TABLE attachments (
+            id INTEGER PRIMARY KEY,
+            public_id TEXT NOT NULL UNIQUE,
+            user_id TEXT NOT NULL,
+            message_id INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            mime_type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            data BLOB
+        );
+        CREATE INDEX attachments_by_user ON attachments (user_id);
+        CREATE INDEX attachments_by_message ON attachments (message_id) WHERE message_id IS NOT NULL;
+        CREATE INDEX attachments_unattached ON attachments (created_at) WHERE message_id IS NULL;
+        """,
     ]
 
     public var schemaVersion: Int { get throws { try read(Self.schemaVersion(of:)) } }
@@ -222,13 +241,22 @@ public final class SQLiteStore: Store {
             try connection.run(
                 """
                 INSERT INTO messages (conversation_id, public_id, audience, role, content, tool_calls, tool_call_id,
-                                      item, awaiting_result, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      item, awaiting_result, created_at, attachments)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 [.integer(conversationID), .text(entry.itemID), .text(entry.audience.rawValue),
                  .text(message.role.rawValue), SQLValue(message.content), SQLValue(ToolCall.storedText(message.toolCalls)),
                  SQLValue(message.toolCallID), SQLValue(entry.item?.serialized), .integer(entry.awaitingResult ? 1 : 0),
-                 .integer(entry.createdAt != 0 ? entry.createdAt : now)])
+                 .integer(entry.createdAt != 0 ? entry.createdAt : now), SQLValue(Attachment.storedText(message.attachments))])
+            let messageID = connection.lastInsertRowID
+            for attachment in message.attachments {
+                try connection.run(
+                    """
+                    UPDATE attachments SET message_id = ?
+                    WHERE public_id = ? AND message_id IS NULL AND user_id = (SELECT user_id FROM conversations WHERE id = ?)
+                    """,
+                    [.integer(messageID), .text(attachment.id), .integer(conversationID)])
+            }
         }
     }
 
@@ -408,6 +436,72 @@ public final class SQLiteStore: Store {
                 [SQLValue(title), SQLValue(description), .integer(Self.now()), .integer(id), .text(userID)])
         }
         return changed == 0 ? nil : try read { try task(id: id, userID: userID, in: $0) }
+    }
+
+    // MARK: Attachments
+
+    private static let attachmentColumns = StoredAttachment.columns(uploaded: "data IS NOT NULL", attached: "message_id IS NOT NULL")
+
+    public func createAttachment(_ attachment: Attachment, userID: String, userMaxBytes: Int, staleBefore: Int64) throws -> Bool {
+        try write { writer in
+            try writer.run("DELETE FROM attachments WHERE message_id IS NULL AND created_at < ?", [.integer(staleBefore)])
+            // The total and the insert in one statement: no two uploads both take the last bytes.
+            return try writer.run(
+                """
+                INSERT INTO attachments (public_id, user_id, name, mime_type, size, created_at, data)
+                SELECT ?, ?, ?, ?, ?, ?, ? WHERE (SELECT coalesce(sum(size), 0) FROM attachments WHERE user_id = ?) + ? <= ?
+                """,
+                [.text(attachment.id), .text(userID), .text(attachment.name), .text(attachment.mimeType),
+                 .integer(Int64(attachment.size)), .integer(Self.now()), attachment.data.map(SQLValue.blob) ?? .null,
+                 .text(userID), .integer(Int64(attachment.size)), .integer(Int64(userMaxBytes))]) == 1
+        }
+    }
+
+    public func attachment(id: String, userID: String, includingData: Bool) throws -> StoredAttachment? {
+        try read { reader in
+            try reader.query(
+                "SELECT \(Self.attachmentColumns)\(includingData ? ", data" : "") FROM attachments WHERE public_id = ? AND user_id = ?",
+                [.text(id), .text(userID)]
+            ) { row in
+                var found = StoredAttachment(row: row)
+                if includingData { found.attachment.data = row.bytes(6) }
+                return found
+            }.first
+        }
+    }
+
+    public func attachmentOwner(id: String) throws -> String? {
+        try read { reader in
+            try reader.query("SELECT user_id FROM attachments WHERE public_id = ?", [.text(id)]) { $0.text(0) }.first ?? nil
+        }
+    }
+
+    public func upload(attachmentID: String, userID: String, data: [UInt8]) throws -> Bool {
+        try write { writer in
+            try writer.run(
+                "UPDATE attachments SET data = ? WHERE public_id = ? AND user_id = ? AND data IS NULL",
+                [.blob(data), .text(attachmentID), .text(userID)]) == 1
+        }
+    }
+
+    public func attachmentData(ids: [String], userID: String) throws -> [String: [UInt8]] {
+        guard !ids.isEmpty else { return [:] }
+        let rows = try read { reader in
+            try reader.query(
+                """
+                SELECT public_id, data FROM attachments
+                WHERE user_id = ? AND data IS NOT NULL AND public_id IN (SELECT value FROM json_each(?))
+                """,
+                [.text(userID), .text(JSON.array(ids.map(JSON.string)).serialized)]
+            ) { row in (row.text(0) ?? "", row.bytes(1) ?? []) }
+        }
+        return Dictionary(rows, uniquingKeysWith: { first, _ in first })
+    }
+
+    public func deleteAttachment(id: String, userID: String) throws -> Bool {
+        try write { writer in
+            try writer.run("DELETE FROM attachments WHERE public_id = ? AND user_id = ?", [.text(id), .text(userID)]) == 1
+        }
     }
 
     // MARK: Token budgets

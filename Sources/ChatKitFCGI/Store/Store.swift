@@ -61,7 +61,8 @@ public protocol Store: AnyObject {
     func delete(conversationID: Int64) throws
 
     /// Appends in one transaction, so an assistant tool-call message never lands without its
-    /// results. `title`, when given, becomes the conversation's title in the same transaction.
+    /// results. A user message's attachments become part of it (deleted with it), if they are
+    /// the conversation owner's and part of no other message. `title`, when given, becomes the conversation's title in the same transaction.
     /// Throws `StoreError.conversationDeleted` when the conversation is gone.
     func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws
     /// The newest `limit` messages the model sees, oldest first, never starting between a tool
@@ -87,6 +88,22 @@ public protocol Store: AnyObject {
     func completeTask(id: Int64, userID: String) throws -> TodoTask?
     func deleteTask(id: Int64, userID: String) throws -> TodoTask?
     func updateTask(id: Int64, userID: String, title: String?, description: String?) throws -> TodoTask?
+
+    /// Registers one of the user's attachments, with its bytes when they come with it (a direct
+    /// upload). False, storing nothing, when the user's attachments would then take more than
+    /// `userMaxBytes`. Removes anyone's attachments created before `staleBefore` (Unix
+    /// milliseconds) and never sent with a message.
+    func createAttachment(_ attachment: Attachment, userID: String, userMaxBytes: Int, staleBefore: Int64) throws -> Bool
+    /// With its bytes in `attachment.data` when `includingData` and uploaded.
+    func attachment(id: String, userID: String, includingData: Bool) throws -> StoredAttachment?
+    /// Whose attachment `id` is. The one lookup no user scopes: a signed URL names no user, and
+    /// its signature is checked against the owner this returns.
+    func attachmentOwner(id: String) throws -> String?
+    /// Stores the bytes of an attachment that has none yet; false when it has them or is gone.
+    func upload(attachmentID: String, userID: String, data: [UInt8]) throws -> Bool
+    /// The bytes of those of `ids` the user owns and has uploaded.
+    func attachmentData(ids: [String], userID: String) throws -> [String: [UInt8]]
+    func deleteAttachment(id: String, userID: String) throws -> Bool
 
     /// Model tokens charged to the user on `day` (`YYYY-MM-DD`, UTC), on every host.
     func tokensUsed(userID: String, day: String) throws -> Int

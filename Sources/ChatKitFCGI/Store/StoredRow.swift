@@ -3,6 +3,7 @@
 protocol StoredRow {
     func integer(_ column: Int32) -> Int64
     func text(_ column: Int32) -> String?
+    func bytes(_ column: Int32) -> [UInt8]?
 }
 
 extension Conversation {
@@ -17,18 +18,33 @@ extension Conversation {
 extension ConversationEntry {
     /// `awaiting` names the flag column as the store's SQL reads it as 0 or 1.
     static func columns(awaiting: String) -> String {
-        "role, content, tool_calls, tool_call_id, public_id, audience, item, \(awaiting), created_at"
+        "role, content, tool_calls, tool_call_id, public_id, audience, item, \(awaiting), created_at, attachments"
     }
 
     init(row: some StoredRow) {
         let message = ChatMessage(
             role: ChatMessage.Role(rawValue: row.text(0) ?? "") ?? .user, content: row.text(1),
-            toolCalls: ToolCall.list(decoding: row.text(2)), toolCallID: row.text(3))
+            toolCalls: ToolCall.list(decoding: row.text(2)), toolCallID: row.text(3),
+            attachments: Attachment.list(decoding: row.text(9)))
         self.init(
             message, itemID: row.text(4), audience: ConversationEntry.Audience(rawValue: row.text(5) ?? "") ?? .model,
             item: row.text(6).flatMap { try? JSON.parse($0) })
         awaitingResult = row.integer(7) != 0
         createdAt = row.integer(8)
+    }
+}
+
+extension StoredAttachment {
+    /// `uploaded` and `attached` are the SQL expressions that read each flag as 0 or 1.
+    static func columns(uploaded: String, attached: String) -> String {
+        "public_id, name, mime_type, size, \(uploaded), \(attached)"
+    }
+
+    init(row: some StoredRow) {
+        self.init(
+            attachment: Attachment(id: row.text(0) ?? "", name: row.text(1) ?? "", mimeType: row.text(2) ?? "",
+                                   size: Int(row.integer(3))),
+            uploaded: row.integer(4) != 0, attached: row.integer(5) != 0)
     }
 }
 

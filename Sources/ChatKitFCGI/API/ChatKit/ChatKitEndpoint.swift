@@ -13,7 +13,8 @@ struct ChatKitEndpoint: Endpoint {
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws {
         let user = try worker.admit(request, writer: writer)
-        try await ChatKitRequests(worker: worker, user: user, store: try worker.store()).handle(request, writer: writer, log: &log)
+        try await ChatKitRequests(worker: worker, user: user, store: try worker.store(),
+                                  links: worker.attachmentLinks(for: request, user: user)).handle(request, writer: writer, log: &log)
     }
 }
 
@@ -24,6 +25,11 @@ struct ChatKitRequests {
     let worker: Worker
     let user: String
     let store: any Store
+    let links: AttachmentLinks
+
+    private var attachments: UserAttachments {
+        UserAttachments(store: store, user: user, config: worker.app.config, links: links)
+    }
 
     /// The requests that call the model (a turn, or dictation): each takes one of the user's
     /// stream places and is charged the tokens it used.
@@ -82,7 +88,14 @@ struct ChatKitRequests {
             } catch {
                 throw APIError.model(error)
             }
-        case "attachments.create", "attachments.delete", "threads.add_structured_input", "threads.sync_custom_action":
+        case "attachments.create":
+            guard case .int(let size)? = params["size"] else { throw APIError.invalidBody("params.size must be an integer") }
+            writer.writeJSON(status: 200, try attachments.create(name: try string(params, "name"), size: size,
+                                                                 mimeType: try string(params, "mime_type")))
+        case "attachments.delete":
+            try attachments.delete(try string(params, "attachment_id"))
+            writer.writeJSON(status: 200, [:])
+        case "threads.add_structured_input", "threads.sync_custom_action":
             throw APIError.badRequest("\(type) is not supported by this server")
         default:
             throw APIError.badRequest("unknown request type \(type)")
@@ -99,6 +112,8 @@ struct ChatKitRequests {
         case "items.list": #""thread_id":"thr_…","limit":20,"order":"asc","after":null"#
         case "threads.update": #""thread_id":"thr_…","title":"…""#
         case "input.transcribe": #""audio_base64":"…","mime_type":"audio/webm;codecs=opus""#
+        case "attachments.create": #""name":"photo.png","size":1234,"mime_type":"image/png""#
+        case "attachments.delete": #""attachment_id":"atc_…""#
         default: "…"
         }
     }
@@ -165,7 +180,7 @@ struct ChatKitRequests {
         guard let page = try store.entries(conversationID: conversation.id, limit: paging.limit, after: paging.after,
                                            order: paging.order)
         else { throw APIError.notFound("no item \(paging.after ?? "") in this thread") }
-        return ChatKitItems.page(page.data.compactMap { ChatKitItems.item($0, threadID: conversation.publicID) },
+        return ChatKitItems.page(page.data.compactMap { ChatKitItems.item($0, threadID: conversation.publicID, links: links) },
                                  hasMore: page.hasMore)
     }
 
@@ -216,7 +231,7 @@ struct ChatKitRequests {
 
     private func create(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let input = try UserInput(params["input"])
-        let message = userEntry(input)
+        let message = try userEntry(input)
         let created = try store.createConversation(userID: user, title: "", first: [message])
         let sse = SSEWriter(writer: writer)
         sse.start()
@@ -224,28 +239,36 @@ struct ChatKitRequests {
         sse.send(["type": "thread.created", "thread": ChatKitItems.thread(created)], flush: false)
         sendDone(message, in: created, sse: sse)
         // Just written: no need to read the history back.
-        try await runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log, titleSource: input.text)
+        try await runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log,
+                           titleSource: titleSource(message.message))
     }
 
     private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
         let found = try conversation(params)
         let input = try UserInput(params["input"])
-        let message = userEntry(input)
+        let message = try userEntry(input)
         try store.append([message], to: found.id)
         let sse = SSEWriter(writer: writer)
         sse.start()
         sendDone(message, in: found, sse: sse)
-        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: input.text)
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: titleSource(message.message))
     }
 
-    private func userEntry(_ input: UserInput) -> ConversationEntry {
-        var entry = ConversationEntry(.user(input.text), item: .object(input.itemBody))
+    private func userEntry(_ input: UserInput) throws -> ConversationEntry {
+        let files = try attachments.forMessage(input.attachmentIDs)
+        var entry = ConversationEntry(.user(input.text, attachments: files), item: .object(input.itemBody))
         entry.createdAt = Clock.unixMilliseconds()
         return entry
     }
 
+    /// A message of attachments alone is named after its first.
+    private func titleSource(_ message: ChatMessage) -> String {
+        let text = message.content ?? ""
+        return text.trimmed().isEmpty ? message.attachments.first?.name ?? text : text
+    }
+
     private func sendDone(_ entry: ConversationEntry, in conversation: Conversation, sse: SSEWriter) {
-        if let item = ChatKitItems.item(entry, threadID: conversation.publicID) {
+        if let item = ChatKitItems.item(entry, threadID: conversation.publicID, links: links) {
             sse.send(["type": "thread.item.done", "item": item], flush: false)  // runAgent's stream_options follows
         }
     }
@@ -260,7 +283,7 @@ struct ChatKitRequests {
         try store.deleteEntries(conversationID: found.id, after: itemID)
         let sse = SSEWriter(writer: writer)
         sse.start()
-        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: entry.message.content ?? "")
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: titleSource(entry.message))
     }
 
     private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
@@ -297,8 +320,8 @@ struct ChatKitRequests {
         let titleSourceIfUntitled = conversation.title.isEmpty ? titleSource : nil
         let truncatedTitle = worker.app.config.titleStyle == .truncate ? titleSourceIfUntitled.map { Titles.truncate($0) } : nil
         stream.titleToStore = truncatedTitle
-        let history = try knownHistory
-            ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit)
+        let history = try attachments.loadingData(into: knownHistory
+            ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit))
         let summary = try await worker.chatKitAgent.run(history: history, context: worker.toolContext(for: user, store: store),
                                                   observer: stream, record: stream.record)
         log.rounds = summary.rounds

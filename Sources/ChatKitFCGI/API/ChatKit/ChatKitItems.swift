@@ -5,16 +5,23 @@ enum ChatKitItems {
     /// UTC with milliseconds and `Z`.
     static func timestamp(_ unixMilliseconds: Int64) -> JSON { .string(Clock.iso8601(unixMilliseconds: unixMilliseconds)) }
 
-    /// The item ChatKit shows for a row, or nil for rows only the model sees.
-    static func item(_ entry: ConversationEntry, threadID: String) -> JSON? {
+    /// The item ChatKit shows for a row, or nil for rows only the model sees. A user message's
+    /// attachments come from the message itself, each image with a fresh preview URL from `links`.
+    static func item(_ entry: ConversationEntry, threadID: String, links: AttachmentLinks? = nil) -> JSON? {
         guard entry.audience != .model else { return nil }
         let identity: [(String, JSON)] = [
             ("id", .string(entry.itemID)), ("thread_id", .string(threadID)), ("created_at", timestamp(entry.createdAt)),
         ]
-        if let body = entry.item?.objectValue { return .object(identity + body) }
+        let attachments = entry.message.attachments
+        func withAttachments(_ body: [(String, JSON)]) -> [(String, JSON)] {
+            guard !attachments.isEmpty else { return body }
+            let list = JSON.array(attachments.map { attachment($0, links: links, threadID: threadID) })
+            return body.map { $0.0 == "attachments" ? ("attachments", list) : $0 }
+        }
+        if let body = entry.item?.objectValue { return .object(identity + withAttachments(body)) }
         switch entry.message.role {
         case .user:
-            return .object(identity + userMessageBody(text: entry.message.content ?? ""))
+            return .object(identity + withAttachments(userMessageBody(text: entry.message.content ?? "")))
         case .assistant:
             return .object(identity + assistantMessageBody(text: entry.message.content ?? ""))
         case .system, .tool:
@@ -33,6 +40,22 @@ enum ChatKitItems {
 
     static func outputText(_ text: String) -> JSON {
         ["type": "output_text", "text": .string(text), "annotations": []]
+    }
+
+    /// An `ImageAttachment` or `FileAttachment`. `awaitingUpload`: with the signed URL its bytes
+    /// go to; `threadID`: once part of a message.
+    static func attachment(_ attachment: Attachment, links: AttachmentLinks?, awaitingUpload: Bool = false,
+                           threadID: String? = nil) -> JSON {
+        var members: [(String, JSON)] = [
+            ("type", attachment.kind == .image ? "image" : "file"), ("id", .string(attachment.id)),
+            ("name", .string(attachment.name)), ("mime_type", .string(attachment.mimeType)),
+        ]
+        if attachment.kind == .image, let links { members.append(("preview_url", .string(links.url(attachment.id, .preview)))) }
+        if awaitingUpload, let links {
+            members.append(("upload_descriptor", ["url": .string(links.url(attachment.id, .upload)), "method": "PUT", "headers": [:]]))
+        }
+        if let threadID { members.append(("thread_id", .string(threadID))) }
+        return .object(members)
     }
 
     static func thread(_ conversation: Conversation, items: JSON = emptyPage) -> JSON {
@@ -61,6 +84,8 @@ public struct UserInput {
     public let text: String
     /// The stored item body, as the client sent it.
     let itemBody: [(String, JSON)]
+    /// The ids in `attachments`, in order.
+    public let attachmentIDs: [String]
 
     public init(_ input: JSON?) throws(APIError) {
         guard let input, case .object = input, let parts = input["content"]?.arrayValue else {
@@ -88,10 +113,12 @@ public struct UserInput {
                 throw .invalidBody("input content parts must be input_text or input_tag")
             }
         }
-        guard !text.trimmed().isEmpty else { throw .invalidBody("the message has no text") }
-        if let attachments = input["attachments"]?.arrayValue, !attachments.isEmpty {
-            throw .badRequest("attachments are not supported by this server")
+        switch input["attachments"] {
+        case nil, .null?: attachmentIDs = []
+        case .array(let ids)? where ids.allSatisfy({ $0.stringValue?.isEmpty == false }): attachmentIDs = ids.compactMap(\.stringValue)
+        default: throw .invalidBody("input.attachments must be a list of attachment ids")
         }
+        guard !text.trimmed().isEmpty || !attachmentIDs.isEmpty else { throw .invalidBody("the message has no text") }
         var body: [(String, JSON)] = [("type", "user_message"), ("content", .array(content)), ("attachments", [])]
         switch input["quoted_text"] {
         case nil, .null?: break
