@@ -111,7 +111,7 @@ import Testing
                 ["type": "image_url", "image_url": ["url": "data:image/png;base64,AQID"]],
                 ["type": "file", "file": ["filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERg=="]],
                 ["type": "text", "text": "[Attached file n.txt (text/plain)]\nhi"],
-                ["type": "text", "text": "[The user attached gone.png (image/png) here; it is no longer available.]"],
+                ["type": "text", "text": "[The user attached gone.png (image/png) here; it is not included now.]"],
             ],
         ])
         #expect(ChatMessage.user("plain").json == ["role": "user", "content": "plain"], "no attachments: content stays text")

@@ -314,15 +314,22 @@ import Testing
         described.data = nil
         var bobs = others
         bobs.data = nil
-        let message = ChatMessage.user("look", attachments: [described, bobs])
+        // Another user's attachment never joins a message: the whole message is refused.
+        #expect(throws: StoreError.attachmentUnavailable) {
+            try store.createConversation(userID: "alice", title: "t", first: [ConversationEntry(.user("look", attachments: [described, bobs]))])
+        }
+        #expect(try store.conversations(userID: "alice", limit: 10, after: nil, order: .desc)?.data.isEmpty == true)
+        #expect(try store.attachment(id: image.id, userID: "alice", includingData: false)?.attached == false)
+
+        let message = ChatMessage.user("look", attachments: [described])
         let conversation = try store.createConversation(userID: "alice", title: "t", first: [ConversationEntry(message)])
         #expect(try store.recentMessages(conversationID: conversation.id, limit: 10) == [message], "replayed as described")
         #expect(try store.attachment(id: image.id, userID: "alice", includingData: false)?.attached == true)
-        #expect(try store.attachment(id: others.id, userID: "bob", includingData: false)?.attached == false,
-                "another user's attachment never joins the message")
-        // A retry drops what follows the message; deleting the thread drops the message and its files.
-        let later = ConversationEntry(.user("again", attachments: [described]))
-        try store.append([later], to: conversation.id)
+        // An attachment is part of one message only.
+        #expect(throws: StoreError.attachmentUnavailable) {
+            try store.append([ConversationEntry(.user("again", attachments: [described]))], to: conversation.id)
+        }
+        #expect(try store.recentMessages(conversationID: conversation.id, limit: 10) == [message])
         try store.delete(conversationID: conversation.id)
         #expect(try store.attachmentOwner(id: image.id) == nil)
         #expect(try store.attachmentOwner(id: others.id) == "bob")

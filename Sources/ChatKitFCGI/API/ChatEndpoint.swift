@@ -114,23 +114,23 @@ struct ChatEndpoint: Endpoint {
         guard chat.files.count <= worker.app.config.attachments.perMessage else {
             throw APIError.badRequest("a message may carry at most \(worker.app.config.attachments.perMessage) attachments")
         }
-        // Every file checked before any is stored.
+        // Every file checked before any is stored; stored, they are removed again if the message is not.
         let message = ChatMessage.user(chat.message, attachments: try chat.files.map(attachments.checked))
-        try message.attachments.forEach(attachments.register)
         let conversation: Conversation
-        var history: [ChatMessage]
+        let history: [ChatMessage]
         if let owned {
             conversation = owned
-            try store.append([message], to: owned.id)
-            history = try store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit)
+            try attachments.registering(message.attachments) { try store.append([message], to: owned.id) }
+            history = try attachments.loadingData(
+                into: store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit))
         } else {
             // The conversation and its first message in one write.
-            conversation = try store.createConversation(
-                userID: user, title: Titles.truncate(chat.message.trimmed().isEmpty ? message.attachments[0].name : chat.message),
-                first: [ConversationEntry(message)])
-            history = [message]  // just written: no need to read it back
+            let title = Titles.truncate(chat.message.trimmed().isEmpty ? message.attachments[0].name : chat.message)
+            conversation = try attachments.registering(message.attachments) {
+                try store.createConversation(userID: user, title: title, first: [ConversationEntry(message)])
+            }
+            history = [message]  // just written, its files' bytes in hand: no need to read it back
         }
-        history = try attachments.loadingData(into: history)
 
         let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
         let summary = try await worker.chatAgent.run(

@@ -43,6 +43,22 @@ struct UserAttachments {
         return Attachment(name: checked.name, mimeType: checked.mimeType, size: file.bytes.count, data: file.bytes)
     }
 
+    /// Stores checked attachments, then runs `body` (which stores the message that carries
+    /// them); if either fails, the attachments stored are removed again.
+    func registering<T>(_ attachments: [Attachment], _ body: () throws -> T) throws -> T {
+        var stored: [Attachment] = []
+        do {
+            for attachment in attachments {
+                try register(attachment)
+                stored.append(attachment)
+            }
+            return try body()
+        } catch {
+            for attachment in stored { _ = try? store.deleteAttachment(id: attachment.id, userID: user) }
+            throw error
+        }
+    }
+
     func register(_ attachment: Attachment) throws {
         let staleBefore = Clock.unixMilliseconds() - Int64(config.unattachedSeconds) * 1000
         guard try store.createAttachment(attachment, userID: user, userMaxBytes: rules.userMaxBytes, staleBefore: staleBefore) else {

@@ -76,7 +76,7 @@ extension Attachment {
     /// the history budget, or deleted since) the model is told a file was here.
     var modelPart: JSON {
         guard let data else {
-            return ["type": "text", "text": .string("[The user attached \(name) (\(mimeType)) here; it is no longer available.]")]
+            return ["type": "text", "text": .string("[The user attached \(name) (\(mimeType)) here; it is not included now.]")]
         }
         switch kind {
         case .image:

@@ -78,6 +78,8 @@ public enum APIError: Error, Equatable {
         case let auth as AuthError: return .unauthorized(auth)
         case let limit as LimitReached: return .limitReached(limit)
         case StoreError.conversationDeleted: return .notFound("the conversation was deleted")
+        case StoreError.attachmentUnavailable:
+            return .badRequest("an attachment of this message was deleted or sent with another message meanwhile")
         case StoreError.busy:
             Log.warning("\(request.method) \(request.path): every database connection is busy")
             return .storageUnavailable

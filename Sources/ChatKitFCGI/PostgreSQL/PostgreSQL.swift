@@ -22,6 +22,7 @@ public struct PostgresError: Error, CustomStringConvertible {
 
     static let statementTimeout = "57014"
     static let uniqueViolation = "23505"
+    static let divisionByZero = "22012"
 }
 
 /// One statement with its arguments, for a pipeline.
@@ -187,51 +188,10 @@ public final class PostgresConnection {
             case .null: nil
             case .integer(let integer): String(integer)
             case .text(let text): text.storable
-            case .blob(let bytes): Self.byteaHex(bytes)
+            case .blob(let bytes): "\\x" + Hex.encode(bytes)  // bytea's hex input form
             }
         }
         return withOptionalCStrings(texts) { values in body(Int32(arguments.count), values, nil) }
-    }
-}
-
-extension PostgresConnection {
-    private static let hexDigits = Array("0123456789abcdef".utf8)
-
-    /// bytea's text form, `\\x` then two hex digits a byte: what text-format parameters take.
-    static func byteaHex(_ bytes: [UInt8]) -> String {
-        String(unsafeUninitializedCapacity: 2 + 2 * bytes.count) { text in
-            text[0] = UInt8(ascii: "\\")
-            text[1] = UInt8(ascii: "x")
-            for (index, byte) in bytes.enumerated() {
-                text[2 + 2 * index] = hexDigits[Int(byte >> 4)]
-                text[3 + 2 * index] = hexDigits[Int(byte & 0x0F)]
-            }
-            return 2 + 2 * bytes.count
-        }
-    }
-
-    /// bytea read back in its hex text form; nil for anything else.
-    static func bytes(fromByteaHex text: String) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count >= 2, digits[0] == UInt8(ascii: "\\"), digits[1] == UInt8(ascii: "x"), digits.count % 2 == 0 else {
-            return nil
-        }
-        func value(_ digit: UInt8) -> UInt8? {
-            switch digit {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
-            default: nil
-            }
-        }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(digits.count / 2 - 1)
-        var index = 2
-        while index < digits.count {
-            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-            index += 2
-        }
-        return bytes
     }
 }
 

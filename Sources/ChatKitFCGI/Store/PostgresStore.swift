@@ -86,6 +86,9 @@ public final class PostgresStore: Store {
     /// and the later ones find the work done. A transaction lock, as PgBouncer's transaction
     /// pooling cannot keep a session lock.
     private static let migrationLock: Int64 = 0x6368_6174_6b69_7401
+    /// The class of the per-user locks around an attachment's total (the two-key lock space,
+    /// apart from the migration's).
+    private static let attachmentTotalLock: Int32 = 0x6174_6301
 
     public var latestSchemaVersion: Int { Self.migrations.count }
 
@@ -139,8 +142,10 @@ public final class PostgresStore: Store {
         let created = PostgresStatement(
             "INSERT INTO conversations (public_id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING id",
             [.text(publicID), .text(userID), .text(title), .integer(now)])
-        let results = try database.transaction(
-            [created] + first.flatMap { Self.insert($0, from: "conversations WHERE public_id = $1", [.text(publicID)], at: now) })
+        let results = try claimingAttachments {
+            try database.transaction(
+                [created] + first.flatMap { Self.insert($0, from: "conversations WHERE public_id = $1", [.text(publicID)], at: now) })
+        }
         return Conversation(id: results[0].integer(0, 0), publicID: publicID, userID: userID, title: title.storable,
                             createdAt: now, updatedAt: now)
     }
@@ -193,8 +198,10 @@ public final class PostgresStore: Store {
         let touched = PostgresStatement(
             "UPDATE conversations SET updated_at = $1, title = coalesce($2, title) WHERE id = $3",
             [.integer(now), SQLValue(title), .integer(conversationID)])
-        let results = try database.transaction(
-            [touched] + entries.flatMap { Self.insert($0, from: "conversations WHERE id = $1", [.integer(conversationID)], at: now) })
+        let results = try claimingAttachments {
+            try database.transaction(
+                [touched] + entries.flatMap { Self.insert($0, from: "conversations WHERE id = $1", [.integer(conversationID)], at: now) })
+        }
         guard results[0].affected == 1 else { throw StoreError.conversationDeleted }
     }
 
@@ -217,18 +224,35 @@ public final class PostgresStore: Store {
                          SQLValue(message.content), SQLValue(ToolCall.storedText(message.toolCalls)), SQLValue(message.toolCallID),
                          SQLValue(entry.item?.serialized), .text(entry.awaitingResult ? "true" : "false"),
                          .integer(entry.createdAt != 0 ? entry.createdAt : now), SQLValue(Attachment.storedText(message.attachments))])
+        // Each claim divides by the rows it took: none (the attachment is gone, or in another
+        // message) fails the transaction, which `claimingAttachments` reports as such.
+        assert(prefix.isEmpty || message.attachments.isEmpty, "a prefixed insert is a tool result, without attachments")
         let claims = message.attachments.map { attachment in
             PostgresStatement(
                 """
-                UPDATE attachments SET message_id = messages.id
-                FROM messages, (SELECT id, user_id FROM \(source)) AS owner
-                WHERE messages.conversation_id = owner.id AND messages.public_id = $\(arguments.count + 1)
-                  AND attachments.public_id = $\(arguments.count + 2) AND attachments.message_id IS NULL
-                  AND attachments.user_id = owner.user_id
+                WITH claimed AS (
+                    UPDATE attachments SET message_id = messages.id
+                    FROM messages, (SELECT id, user_id FROM \(source)) AS owner
+                    WHERE messages.conversation_id = owner.id AND messages.public_id = $\(arguments.count + 1)
+                      AND attachments.public_id = $\(arguments.count + 2) AND attachments.message_id IS NULL
+                      AND attachments.user_id = owner.user_id
+                    RETURNING 1
+                )
+                SELECT 1 / count(*) FROM claimed
                 """,
                 arguments + [.text(entry.itemID), .text(attachment.id)])
         }
         return [inserted] + claims
+    }
+
+    /// A claim that took no attachment divided by zero: the transaction is rolled back, and
+    /// the caller learns why.
+    private func claimingAttachments<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as PostgresError where error.sqlstate == PostgresError.divisionByZero {
+            throw StoreError.attachmentUnavailable
+        }
     }
 
     public func recentMessages(conversationID: Int64, limit: Int) throws -> [ChatMessage] {
@@ -376,6 +400,9 @@ public final class PostgresStore: Store {
     public func createAttachment(_ attachment: Attachment, userID: String, userMaxBytes: Int, staleBefore: Int64) throws -> Bool {
         let results = try database.transaction([
             PostgresStatement("DELETE FROM attachments WHERE message_id IS NULL AND created_at < $1", [.integer(staleBefore)]),
+            // One of the user's uploads at a time past this point, on every host: each sees the
+            // others' bytes in its total.
+            PostgresStatement("SELECT pg_advisory_xact_lock($1, hashtext($2))", [.integer(Int64(Self.attachmentTotalLock)), .text(userID)]),
             PostgresStatement(
                 """
                 INSERT INTO attachments (public_id, user_id, name, mime_type, size, created_at, data)
@@ -386,12 +413,12 @@ public final class PostgresStore: Store {
                  .integer(Int64(attachment.size)), .integer(Self.now()), attachment.data.map(SQLValue.blob) ?? .null,
                  .integer(Int64(userMaxBytes))]),
         ])
-        return results[1].affected == 1
+        return results[2].affected == 1
     }
 
     public func attachment(id: String, userID: String, includingData: Bool) throws -> StoredAttachment? {
         try one(
-            "SELECT \(Self.attachmentColumns)\(includingData ? ", data" : "") FROM attachments WHERE public_id = $1 AND user_id = $2",
+            "SELECT \(Self.attachmentColumns)\(includingData ? ", encode(data, 'hex')" : "") FROM attachments WHERE public_id = $1 AND user_id = $2",
             [.text(id), .text(userID)]
         ).first { row in
             var found = StoredAttachment(row: row)
@@ -413,12 +440,12 @@ public final class PostgresStore: Store {
         guard !ids.isEmpty else { return [:] }
         let rows = try one(
             """
-            SELECT public_id, data FROM attachments
+            SELECT public_id, encode(data, 'hex') FROM attachments
             WHERE user_id = $1 AND data IS NOT NULL AND public_id IN (SELECT jsonb_array_elements_text($2::jsonb))
             """,
             [.text(userID), .text(JSON.array(ids.map(JSON.string)).serialized)]
         ).all { row in (row.text(0) ?? "", row.bytes(1) ?? []) }
-        return Dictionary(rows, uniquingKeysWith: { first, _ in first })
+        return Dictionary(rows, uniquingKeysWith: { first, _ in first })  // public ids are unique
     }
 
     public func deleteAttachment(id: String, userID: String) throws -> Bool {
@@ -450,7 +477,8 @@ extension PostgresRows {
         let values: [String?]
         func integer(_ column: Int32) -> Int64 { values[Int(column)].flatMap { Int64($0) } ?? 0 }
         func text(_ column: Int32) -> String? { values[Int(column)] }
-        func bytes(_ column: Int32) -> [UInt8]? { values[Int(column)].flatMap(PostgresConnection.bytes(fromByteaHex:)) }
+        /// A bytea column the query selected as `encode(column, 'hex')`.
+        func bytes(_ column: Int32) -> [UInt8]? { values[Int(column)].flatMap(Hex.decode) }
     }
 
     func all<T>(_ decode: (Row) -> T) -> [T] { rows.map { decode(Row(values: $0)) } }

@@ -98,8 +98,8 @@ public final class SQLiteStore: Store {
             PRIMARY KEY (user_id, day)
         ) WITHOUT ROWID;
         """,
-        // Attachments: each row describes a file and holds its bytes, last, so reading the rest
-        // never reads them. A message lists what it carries; its rows go when it goes.
+        // Attachments: each row describes a file and holds its bytes, last. A message lists what
+        // it carries; its rows go when it goes.
         """
         ALTER TABLE messages ADD COLUMN attachments TEXT;
         CREATE TABLE attachments (
@@ -250,12 +250,13 @@ public final class SQLiteStore: Store {
                  .integer(entry.createdAt != 0 ? entry.createdAt : now), SQLValue(Attachment.storedText(message.attachments))])
             let messageID = connection.lastInsertRowID
             for attachment in message.attachments {
-                try connection.run(
+                let claimed = try connection.run(
                     """
                     UPDATE attachments SET message_id = ?
                     WHERE public_id = ? AND message_id IS NULL AND user_id = (SELECT user_id FROM conversations WHERE id = ?)
                     """,
                     [.integer(messageID), .text(attachment.id), .integer(conversationID)])
+                guard claimed == 1 else { throw StoreError.attachmentUnavailable }
             }
         }
     }
@@ -440,7 +441,9 @@ public final class SQLiteStore: Store {
 
     // MARK: Attachments
 
-    private static let attachmentColumns = StoredAttachment.columns(uploaded: "data IS NOT NULL", attached: "message_id IS NOT NULL")
+    /// typeof() reads a column's type from the row's header: the bytes themselves stay unread.
+    private static let attachmentColumns = StoredAttachment.columns(uploaded: "typeof(data) <> 'null'",
+                                                                    attached: "message_id IS NOT NULL")
 
     public func createAttachment(_ attachment: Attachment, userID: String, userMaxBytes: Int, staleBefore: Int64) throws -> Bool {
         try write { writer in
@@ -495,7 +498,7 @@ public final class SQLiteStore: Store {
                 [.text(userID), .text(JSON.array(ids.map(JSON.string)).serialized)]
             ) { row in (row.text(0) ?? "", row.bytes(1) ?? []) }
         }
-        return Dictionary(rows, uniquingKeysWith: { first, _ in first })
+        return Dictionary(rows, uniquingKeysWith: { first, _ in first })  // public ids are unique
     }
 
     public func deleteAttachment(id: String, userID: String) throws -> Bool {

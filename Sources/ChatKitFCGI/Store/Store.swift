@@ -4,6 +4,9 @@ public enum StoreError: Error, Equatable {
     case conversationDeleted
     /// Every database connection stayed busy for as long as a request may wait for one.
     case busy
+    /// A message named an attachment that is gone, or part of another message, by the time it
+    /// was stored; nothing was stored.
+    case attachmentUnavailable
 }
 
 /// What one process shares of its database, whichever it is: SQLite's readers, group commit and
@@ -61,8 +64,9 @@ public protocol Store: AnyObject {
     func delete(conversationID: Int64) throws
 
     /// Appends in one transaction, so an assistant tool-call message never lands without its
-    /// results. A user message's attachments become part of it (deleted with it), if they are
-    /// the conversation owner's and part of no other message. `title`, when given, becomes the conversation's title in the same transaction.
+    /// results. A user message's attachments become part of it (deleted with it); each must be
+    /// the conversation owner's and part of no other message, or nothing is stored and
+    /// `StoreError.attachmentUnavailable` is thrown. `title`, when given, becomes the conversation's title in the same transaction.
     /// Throws `StoreError.conversationDeleted` when the conversation is gone.
     func append(_ entries: [ConversationEntry], to conversationID: Int64, title: String?) throws
     /// The newest `limit` messages the model sees, oldest first, never starting between a tool
