@@ -132,6 +132,8 @@ class Stack:
                 # sets the per-user limits it exercises.
                 "CHATKIT_USER_MAX_STREAMS": "0",
                 "CHATKIT_USER_REQUESTS": "0",
+                # As nginx/run-local sets it: the chat page at "/" reads the tasks through /api/mcp.
+                **({"CHATKIT_MCP_ALLOWED_ORIGINS": f"http://127.0.0.1:{self.http_port}"} if with_nginx else {}),
                 **(extra_env or {}),
             }
             self.database_url = self.env["DATABASE_URL"]  # a test may name another database
