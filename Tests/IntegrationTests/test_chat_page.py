@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness import REPO, Stack, hs256_token
@@ -50,7 +51,13 @@ def open_page(browser, site, user):
 
 
 def wait(browser, condition, timeout=15):
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda _: condition())
+    """Polls `condition` until it holds; the page rebuilds nodes as answers grow, and reloads for a new token."""
+    return WebDriverWait(browser, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException, NoAlertPresentException)).until(lambda _: condition())
+
+
+def dialog(browser):
+    return WebDriverWait(browser, 5).until(expected_conditions.alert_is_present())
 
 
 def send(browser, text):
@@ -132,10 +139,13 @@ def test_stop_ends_the_answer_midway_and_the_part_shown_is_kept(site, browser):
     assert browser.find_element(By.ID, "status").text == "Stopped."
     assert "w60" not in shown
 
-    browser.refresh()
-    wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#thread-list button"))[0].click()
-    wait(browser, lambda: answers(browser))
-    kept = answers(browser)[0]
+    # The server keeps the part once it sees the client gone: reload until it is there.
+    def reopened():
+        browser.refresh()
+        wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#thread-list button"))[0].click()
+        time.sleep(0.3)
+        return answers(browser)
+    kept = wait(browser, reopened, timeout=20)[0]
     assert kept.startswith("w1 w2 w3 w4 w5") and "w60" not in kept, kept
     assert shown.startswith(kept) or kept.startswith(shown), (shown, kept)
 
@@ -151,13 +161,13 @@ def test_a_thread_is_renamed_and_deleted_from_the_page(site, browser):
     wait(browser, lambda: answers(browser) and idle(browser))
     wait(browser, lambda: browser.find_element(By.ID, "thread-title").text == "hello there")
     browser.find_element(By.ID, "rename-thread").click()
-    prompt = wait(browser, lambda: browser.switch_to.alert)
+    prompt = dialog(browser)
     prompt.send_keys("Greetings")
     prompt.accept()
     wait(browser, lambda: browser.find_element(By.ID, "thread-title").text == "Greetings")
     assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#thread-list button")] == ["Greetings"]
     browser.find_element(By.ID, "delete-thread").click()
-    wait(browser, lambda: browser.switch_to.alert).accept()
+    dialog(browser).accept()
     wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#thread-list button") == [])
     assert browser.find_element(By.ID, "thread-title").text == "New chat" and answers(browser) == []
 

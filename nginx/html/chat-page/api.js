@@ -39,18 +39,30 @@ export class Backend {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffered.indexOf("\n\n")) >= 0) {
-        const block = buffered.slice(0, end);
-        buffered = buffered.slice(end + 2);
-        for (const line of block.split("\n")) {
-          if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));  // ":" lines are keepalives
+    // Events end at a blank line; ":" lines are keepalives.
+    const deliver = (block) => {
+      const data = block.split("\n").filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5));
+      if (data.length) onEvent(JSON.parse(data.join("\n")));
+    };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        buffered += decoder.decode(value, { stream: !done });
+        // Line ends may be CRLF or CR; a CR at the end of a read may start a CRLF.
+        const heldCR = !done && buffered.endsWith("\r");
+        buffered = (heldCR ? buffered.slice(0, -1) : buffered).replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffered.indexOf("\n\n")) >= 0) {
+          deliver(buffered.slice(0, end));
+          buffered = buffered.slice(end + 2);
         }
+        if (heldCR) buffered += "\r";
+        if (done) break;
       }
+      deliver(buffered);
+    } finally {
+      reader.cancel().catch(() => {});  // a failed handler stops the answer too
     }
   }
 

@@ -15,6 +15,8 @@ const state = {
   threadsAfter: null,    // the next page of the thread list starts after this id
   streaming: null,       // the AbortController of the answer being streamed
   streamFailed: false,   // the stream reported an error: its words stay in the status line
+  view: 0,               // counts the views shown: what a request started for an older one is dropped
+  tasksAsked: 0,         // counts task list requests: only the newest one's answer is shown
 };
 
 // The token comes in the URL fragment, which browsers never send to a server; it is kept for
@@ -55,12 +57,17 @@ function failed(error) {
 async function loadThreads(more = false) {
   const params = { limit: pageSize, order: "desc" };
   if (more) params.after = state.threadsAfter;
-  const page = await state.backend.request("threads.list", params);
-  if (!more) $("thread-list").replaceChildren();
-  for (const thread of page.data) $("thread-list").append(threadEntry(thread));
-  state.threadsAfter = page.has_more ? page.after : null;
-  $("more-threads").hidden = !page.has_more;
-  markCurrentThread();
+  $("more-threads").disabled = true;
+  try {
+    const page = await state.backend.request("threads.list", params);
+    if (!more) $("thread-list").replaceChildren();
+    for (const thread of page.data) $("thread-list").append(threadEntry(thread));
+    state.threadsAfter = page.has_more ? page.after : null;
+    $("more-threads").hidden = !page.has_more;
+    if (state.thread) showThread(state.thread);  // one started while the list loaded stays listed
+  } finally {
+    $("more-threads").disabled = false;
+  }
 }
 
 function threadEntry(thread) {
@@ -91,24 +98,30 @@ function showThread(thread) {
   markCurrentThread();
 }
 
+/** Clears the view, ending an answer still streaming into it; returns the new view's number. */
 function newChat() {
+  state.streaming?.abort();
+  state.view += 1;
   showThread(null);
   state.items.clear();
   $("messages").replaceChildren();
   updateRetry();
   status("");
   $("input").focus();
+  return state.view;
 }
 
 async function openThread(id) {
+  const view = newChat();
   const thread = await state.backend.request("threads.get_by_id", { thread_id: id });
-  newChat();
+  if (view !== state.view) return;  // another thread was opened meanwhile
   showThread(thread);
   let page = thread.items;
   for (;;) {
     for (const item of page.data) showItem(item);
     if (!page.has_more) break;
     page = await state.backend.request("items.list", { thread_id: id, order: "asc", limit: 100, after: page.after });
+    if (view !== state.view) return;
   }
   updateRetry();
   scrollToEnd();
@@ -122,8 +135,9 @@ async function renameThread() {
 
 async function deleteThread() {
   if (!confirm(`Delete “${state.thread.title || "Untitled chat"}”?`)) return;
-  await state.backend.request("threads.delete", { thread_id: state.thread.id });
+  const id = state.thread.id;
   newChat();
+  await state.backend.request("threads.delete", { thread_id: id });
   await loadThreads();
 }
 
@@ -181,11 +195,12 @@ function answerBody(text) {
 function feedbackButtons(itemId) {
   const group = document.createElement("div");
   group.className = "feedback";
-  for (const [kind, label, title] of [["positive", "Good", "A good answer"], ["negative", "Bad", "A bad answer"]]) {
+  for (const [kind, label, title] of [["positive", "Good", "Rate this answer good"], ["negative", "Bad", "Rate this answer bad"]]) {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = label;
     button.title = title;
+    button.setAttribute("aria-label", title);
     button.setAttribute("aria-pressed", "false");
     button.addEventListener("click", async () => {
       try {
@@ -263,8 +278,12 @@ function applyUpdate(itemId, update) {
   scrollToEnd();
 }
 
+/** Streams an answer into the current view; false when it failed before any event came (and
+ * the view is still the one it was sent from). */
 async function streamAnswer(type, params) {
   const controller = new AbortController();
+  const view = state.view;
+  let events = 0;
   state.streaming = controller;
   $("send").disabled = true;
   $("stop").hidden = false;
@@ -272,23 +291,33 @@ async function streamAnswer(type, params) {
   state.streamFailed = false;
   status("Thinking…");
   try {
-    await state.backend.stream(type, params, handleEvent, controller.signal);
-    if (!state.streamFailed) status("");
+    await state.backend.stream(type, params, (event) => {
+      events += 1;
+      if (view === state.view) handleEvent(event);
+    }, controller.signal);
+    if (view === state.view && !state.streamFailed) status("");
   } catch (error) {
-    failed(error);
+    if (view === state.view || error instanceof AuthError) failed(error);
   } finally {
-    state.streaming = null;
-    $("send").disabled = false;
-    $("stop").hidden = true;
-    updateRetry();
-    refreshTasks();
+    if (state.streaming === controller) {
+      state.streaming = null;
+      const focusLost = [$("stop"), $("retry")].includes(document.activeElement);
+      $("send").disabled = !sessionStorage.getItem(tokenKey);
+      $("stop").hidden = true;
+      updateRetry();
+      if (focusLost) $("input").focus();
+      refreshTasks();
+    }
   }
+  return events > 0 || view !== state.view;
 }
 
 async function send(text) {
   const input = { content: [{ type: "input_text", text }], attachments: [], inference_options: {} };
-  if (state.thread) await streamAnswer("threads.add_user_message", { thread_id: state.thread.id, input });
-  else await streamAnswer("threads.create", { input });
+  const answered = state.thread
+    ? await streamAnswer("threads.add_user_message", { thread_id: state.thread.id, input })
+    : await streamAnswer("threads.create", { input });
+  if (!answered && !$("input").value) $("input").value = text;  // not taken: keep what was typed
 }
 
 function lastUserMessage() {
@@ -320,17 +349,22 @@ function scrollToEnd() {
 // MARK: Tasks, through MCP
 
 async function refreshTasks() {
+  const asked = ++state.tasksAsked;
   try {
     const { tasks } = await state.backend.callTool("list_tasks", { status: "all" });
+    if (asked !== state.tasksAsked) return;  // a newer answer is on its way
     $("tasks").replaceChildren(...tasks.map((task) => {
       const entry = document.createElement("li");
       entry.textContent = `${task.id}. ${task.title}`;
       if (task.completed) entry.className = "done";
       return entry;
     }));
+    $("tasks-empty").textContent = "No tasks yet.";
     $("tasks-empty").hidden = tasks.length > 0;
   } catch (error) {
-    failed(error);
+    if (error instanceof AuthError) return failed(error);
+    $("tasks-empty").textContent = `The task list could not be loaded: ${error.message}`;
+    $("tasks-empty").hidden = false;
   }
 }
 
