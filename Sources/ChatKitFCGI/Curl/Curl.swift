@@ -110,8 +110,9 @@ public final class HTTPClient {
         let bytes: UnsafeMutableRawBufferPointer
 
         public init(_ source: [UInt8]) {
-            bytes = .allocate(byteCount: max(source.count, 1), alignment: 1)
-            bytes.copyMemory(from: UnsafeRawBufferPointer(start: source, count: source.count))
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(source.count, 1), alignment: 1)
+            source.withUnsafeBytes { copy.copyMemory(from: $0) }
+            bytes = copy
             count = source.count
         }
 
