@@ -88,8 +88,8 @@ public final class PostgresConnection {
     /// Runs one statement in its own round trip (schema work, migrations).
     @discardableResult
     public func execute(_ sql: String, _ arguments: [SQLValue] = []) throws(PostgresError) -> PostgresRows {
-        let result = withParameters(arguments) { count, values, lengths in
-            PQexecParams(connection, sql, count, nil, values, lengths, nil, 0)
+        let result = withParameters(arguments) { count, values, lengths, formats in
+            PQexecParams(connection, sql, count, nil, values, lengths, formats, 0)
         }
         return try Self.rows(of: result, sql: sql, connection: connection)
     }
@@ -108,8 +108,8 @@ public final class PostgresConnection {
         guard PQenterPipelineMode(connection) == 1 else { throw failure(sql: nil) }
         defer { _ = PQexitPipelineMode(connection) }
         for statement in statements {
-            let sent = withParameters(statement.arguments) { count, values, lengths in
-                PQsendQueryParams(connection, statement.sql, count, nil, values, lengths, nil, 0)
+            let sent = withParameters(statement.arguments) { count, values, lengths, formats in
+                PQsendQueryParams(connection, statement.sql, count, nil, values, lengths, formats, 0)
             }
             guard sent == 1 else { throw failure(sql: statement.sql) }
         }
@@ -180,18 +180,34 @@ public final class PostgresConnection {
         }
     }
 
-    /// Text-format parameters: libpq needs C strings that live through the call.
+    /// Text-format parameters as C strings, and blobs in binary format (bytea's own bytes, not
+    /// twice as many hex digits), each copied to memory that lives through the call.
     private func withParameters<T>(_ arguments: [SQLValue], _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?,
-                                                                      UnsafePointer<Int32>?) -> T) -> T {
-        let texts: [String?] = arguments.map { value in
+                                                                      UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> T) -> T {
+        var lengths = [Int32](repeating: 0, count: arguments.count)
+        var formats = [Int32](repeating: 0, count: arguments.count)
+        let values: [UnsafeMutablePointer<CChar>?] = arguments.enumerated().map { index, value in
             switch value {
-            case .null: nil
-            case .integer(let integer): String(integer)
-            case .text(let text): text.storable
-            case .blob(let bytes): "\\x" + Hex.encode(bytes)  // bytea's hex input form
+            case .null: return nil
+            case .integer(let integer): return strdup(String(integer))
+            case .text(let text): return strdup(text.storable)
+            case .blob(let bytes):
+                lengths[index] = Int32(bytes.count)
+                formats[index] = 1
+                let copy = malloc(max(bytes.count, 1))!
+                bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(copy), byteCount: $0.count) }
+                return copy.assumingMemoryBound(to: CChar.self)
             }
         }
-        return withOptionalCStrings(texts) { values in body(Int32(arguments.count), values, nil) }
+        defer { values.forEach { free($0) } }
+        let pointers = values.map { $0.map { UnsafePointer($0) } }
+        return pointers.withUnsafeBufferPointer { values in
+            lengths.withUnsafeBufferPointer { lengths in
+                formats.withUnsafeBufferPointer { formats in
+                    body(Int32(arguments.count), values.baseAddress, lengths.baseAddress, formats.baseAddress)
+                }
+            }
+        }
     }
 }
 

@@ -1,18 +1,6 @@
-/// Lowercase hexadecimal, two digits a byte (PostgreSQL's bytea), and single digits of either
-/// case (percent-encoding).
+/// Hexadecimal digits of either case: two a byte (bytea read back with `encode(…, 'hex')`), or
+/// one at a time (percent-encoding).
 enum Hex {
-    private static let digits = Array("0123456789abcdef".utf8)
-
-    static func encode(_ bytes: [UInt8]) -> String {
-        String(unsafeUninitializedCapacity: 2 * bytes.count) { text in
-            for (index, byte) in bytes.enumerated() {
-                text[2 * index] = digits[Int(byte >> 4)]
-                text[2 * index + 1] = digits[Int(byte & 0x0F)]
-            }
-            return 2 * bytes.count
-        }
-    }
-
     /// Nil unless every pair is two hex digits.
     static func decode(_ text: some StringProtocol) -> [UInt8]? {
         let utf8 = Array(text.utf8)
