@@ -20,7 +20,8 @@ const state = {
 };
 
 // The token comes in the URL fragment, which browsers never send to a server; it is kept for
-// this tab only and taken out of the address bar (and so out of the history).
+// this tab only and taken out of the address bar and this tab's history entry (a browser may
+// still list the address it was opened with among the pages visited).
 function takeToken() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (fragment.has("token")) {
