@@ -155,6 +155,26 @@ def test_stop_ends_the_answer_midway_and_the_part_shown_is_kept(site, browser):
     assert len(answers(browser)) == 1
 
 
+def test_the_thread_list_is_newest_first_and_pages_on(site, browser):
+    token = hs256_token("page-many")
+    for index in range(23):
+        response = httpx.post(f"{site.base_url}/api/chatkit", timeout=30, headers={"Authorization": f"Bearer {token}"},
+                              json={"type": "threads.create", "params": {"input": {
+                                  "content": [{"type": "input_text", "text": f"chat {index}"}], "attachments": [],
+                                  "inference_options": {}}}})
+        assert response.status_code == 200
+    open_page(browser, site, "page-many")
+
+    def listed():
+        return [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#thread-list button")]
+    wait(browser, lambda: len(listed()) == 20)
+    assert listed() == [f"chat {index}" for index in range(22, 2, -1)]
+    browser.find_element(By.ID, "more-threads").click()
+    wait(browser, lambda: len(listed()) == 23)
+    assert listed()[20:] == ["chat 2", "chat 1", "chat 0"]
+    assert not browser.find_element(By.ID, "more-threads").is_displayed()
+
+
 def test_a_thread_is_renamed_and_deleted_from_the_page(site, browser):
     open_page(browser, site, "page-tidy")
     send(browser, "hello there")
