@@ -5,7 +5,7 @@ import ChatKitFCGI
 /// `text notes.txt text/plain 12 bytes`; a part that is not a base64 data URL is `unreadable`.
 enum AttachmentParts {
     /// A text file's part: it opens with the responder's header, and is not what the user typed.
-    static func isAttachedText(_ text: String) -> Bool { text.hasPrefix("[Attached file ") }
+    static func isAttachedText(_ text: String) -> Bool { text.hasPrefix(Attachment.textPartPrefix) }
 
     static func describe(_ message: JSON) -> [String] {
         guard let parts = message["content"]?.arrayValue else { return [] }
@@ -24,7 +24,7 @@ enum AttachmentParts {
                     return nil
                 }
                 // "[Attached file NAME (TYPE)]": the type is in the last parentheses.
-                let header = text[text.index(text.startIndex, offsetBy: "[Attached file ".count)..<lineEnd].dropLast()
+                let header = text[text.index(text.startIndex, offsetBy: Attachment.textPartPrefix.count)..<lineEnd].dropLast()
                 guard let open = header.lastIndex(of: "(") else { return "unreadable" }
                 let name = header[..<open].dropLast()
                 let type = header[header.index(after: open)...].dropLast()

@@ -106,16 +106,14 @@ struct ChatEndpoint: Endpoint {
             guard let owned = try store.conversation(id: id, userID: user) else { throw APIError.notFound("conversation not found") }
             return owned
         }
+        let attachments = UserAttachments(store: store, user: user, config: worker.app.config,
+                                          links: worker.attachmentLinks(for: request, user: user))
+        try worker.app.config.attachments.check(count: chat.files.count)
+        // Every file checked before any is stored; stored, they are removed again if the message is not.
+        let message = ChatMessage.user(chat.message, attachments: try chat.files.map(attachments.checked))
         try worker.beginModelUse(by: user, store: store, writer: writer)
         var usage = ChatCompletionChunk.Usage()
         defer { worker.endModelUse(by: user, store: store, usage: usage) }
-        let attachments = UserAttachments(store: store, user: user, config: worker.app.config,
-                                          links: worker.attachmentLinks(for: request, user: user))
-        guard chat.files.count <= worker.app.config.attachments.perMessage else {
-            throw APIError.badRequest("a message may carry at most \(worker.app.config.attachments.perMessage) attachments")
-        }
-        // Every file checked before any is stored; stored, they are removed again if the message is not.
-        let message = ChatMessage.user(chat.message, attachments: try chat.files.map(attachments.checked))
         let conversation: Conversation
         let history: [ChatMessage]
         if let owned {
@@ -125,7 +123,7 @@ struct ChatEndpoint: Endpoint {
                 into: store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit))
         } else {
             // The conversation and its first message in one write.
-            let title = Titles.truncate(chat.message.trimmed().isEmpty ? message.attachments[0].name : chat.message)
+            let title = Titles.truncate(Titles.source(of: message))
             conversation = try attachments.registering(message.attachments) {
                 try store.createConversation(userID: user, title: title, first: [ConversationEntry(message)])
             }

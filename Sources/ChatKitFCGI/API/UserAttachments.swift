@@ -97,9 +97,7 @@ struct UserAttachments {
 
     /// A message's `attachments`: the user's own, uploaded, and in no other message yet.
     func forMessage(_ ids: [String]) throws -> [Attachment] {
-        guard ids.count <= rules.perMessage else {
-            throw APIError.badRequest("a message may carry at most \(rules.perMessage) attachments")
-        }
+        try rules.check(count: ids.count)
         guard Set(ids).count == ids.count else { throw APIError.badRequest("an attachment is listed twice") }
         return try ids.map { id in
             guard let found = try store.attachment(id: id, userID: user, includingData: false) else {

@@ -44,6 +44,11 @@ public struct AttachmentRules: Sendable {
         return (name, mediaType)
     }
 
+    /// How many attachments one message may carry.
+    public func check(count: Int) throws(APIError) {
+        guard count <= perMessage else { throw .badRequest("a message may carry at most \(perMessage) attachments") }
+    }
+
     /// A name shown back to the user and sent to the model, never a path.
     static func isPlainFileName(_ name: String) -> Bool {
         guard (1...255).contains(name.utf8.count), name != ".", name != ".." else { return false }
@@ -88,8 +93,11 @@ extension Attachment {
         }
     }
 
-    /// Opens a text file's part, so the model (and a reader of the request) knows its name.
-    public static func textPartHeader(name: String, mimeType: String) -> String { "[Attached file \(name) (\(mimeType))]\n" }
+    /// Opens a text file's part, so the model (and a reader of the request) knows its name:
+    /// `[Attached file NAME (TYPE)]` and a line end.
+    public static let textPartPrefix = "[Attached file "
+
+    static func textPartHeader(name: String, mimeType: String) -> String { "\(textPartPrefix)\(name) (\(mimeType))]\n" }
 
     func dataURL(_ bytes: [UInt8]) -> String { "data:\(mimeType);base64,\(Base64.encode(bytes))" }
 

@@ -240,7 +240,7 @@ struct ChatKitRequests {
         sendDone(message, in: created, sse: sse)
         // Just written: no need to read the history back.
         try await runAgent(in: created, history: [message.message], sse: sse, writer: writer, log: &log,
-                           titleSource: titleSource(message.message))
+                           titleSource: Titles.source(of: message.message))
     }
 
     private func addUserMessage(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {
@@ -251,7 +251,7 @@ struct ChatKitRequests {
         let sse = SSEWriter(writer: writer)
         sse.start()
         sendDone(message, in: found, sse: sse)
-        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: titleSource(message.message))
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: Titles.source(of: message.message))
     }
 
     private func userEntry(_ input: UserInput) throws -> ConversationEntry {
@@ -259,12 +259,6 @@ struct ChatKitRequests {
         var entry = ConversationEntry(.user(input.text, attachments: files), item: .object(input.itemBody))
         entry.createdAt = Clock.unixMilliseconds()
         return entry
-    }
-
-    /// A message of attachments alone is named after its first.
-    private func titleSource(_ message: ChatMessage) -> String {
-        let text = message.content ?? ""
-        return text.trimmed().isEmpty ? message.attachments.first?.name ?? text : text
     }
 
     private func sendDone(_ entry: ConversationEntry, in conversation: Conversation, sse: SSEWriter) {
@@ -283,7 +277,7 @@ struct ChatKitRequests {
         try store.deleteEntries(conversationID: found.id, after: itemID)
         let sse = SSEWriter(writer: writer)
         sse.start()
-        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: titleSource(entry.message))
+        try await runAgent(in: found, sse: sse, writer: writer, log: &log, titleSource: Titles.source(of: entry.message))
     }
 
     private func addClientToolOutput(_ params: JSON, writer: ResponseWriter, log: inout RequestLog) async throws {

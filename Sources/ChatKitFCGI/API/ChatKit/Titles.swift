@@ -14,6 +14,13 @@ public enum Titles {
         return truncate(String(title))
     }
 
+    /// What a thread is named after: the user's first message, or, when it is attachments
+    /// alone, its first file's name.
+    static func source(of message: ChatMessage) -> String {
+        let text = message.content ?? ""
+        return text.trimmed().isEmpty ? message.attachments.first?.name ?? text : text
+    }
+
     /// On a word boundary where one is near, with an ellipsis when cut.
     public static func truncate(_ message: String, limit: Int = 60) -> String {
         let (text, cut) = prefix(message.trimmed(), characters: limit)
