@@ -62,6 +62,11 @@ import Testing
         #expect(decoder.pendingBytes == 0)
     }
 
+    @Test func matchesFieldNamesWholeNotByTheirStart() {
+        let events = decode("dat: a\ndatas: b\nevents: c\nids: 9\nretry5: 1\ndata: d\n\n")
+        #expect(events == [SSEEvent(event: nil, data: "d", id: nil, retry: nil)])
+    }
+
     @Test func parsesRetryAndIgnoresUnknownFields() {
         let events = decode("retry: 1500\nfoo: bar\ndata: x\n\n")
         #expect(events == [SSEEvent(event: nil, data: "x", id: nil, retry: 1500)])

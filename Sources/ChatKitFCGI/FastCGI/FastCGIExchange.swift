@@ -23,6 +23,8 @@ final class FastCGIExchange: ResponseWriter {
     let method: String
     let path: String
     private var pendingHead: [UInt8] = []
+    /// The records of one write, the buffer reused for every write: this is the per-token path.
+    private var outgoing: [UInt8] = []
     private(set) var headWritten = false
     var extraHeaders: [(String, String)] = []
     private(set) var status = 0
@@ -189,14 +191,17 @@ final class FastCGIExchange: ResponseWriter {
     /// also carries the head.
     func write(_ bytes: [UInt8]) -> Bool {
         guard !failed else { return false }
-        var content = bytes
-        if !pendingHead.isEmpty {
-            content = pendingHead + bytes
+        let contentCount = pendingHead.count + bytes.count
+        guard contentCount > 0 else { return true }
+        outgoing.removeAll(keepingCapacity: true)
+        if pendingHead.isEmpty {
+            FastCGIRecords.appendStdout(bytes, requestID: recordID, to: &outgoing)
+        } else {
+            FastCGIRecords.appendStdout(pendingHead + bytes, requestID: recordID, to: &outgoing)
             pendingHead = []
         }
-        guard !content.isEmpty else { return true }
-        provenRoom -= Self.charge(content.count)
-        return send(FastCGIRecords.stdout(content, requestID: recordID))
+        provenRoom -= Self.charge(contentCount)
+        return send(outgoing)
     }
 
     private func send(_ records: [UInt8]) -> Bool {
@@ -283,28 +288,35 @@ public enum FastCGIRecords {
     /// `content` in as many records as its length needs, unpadded (padding is optional). None
     /// for no content: an empty record would end the stream.
     public static func stdout(_ content: [UInt8], requestID: UInt16) -> [UInt8] {
-        guard !content.isEmpty else { return [] }
         var records: [UInt8] = []
-        records.reserveCapacity(content.count + 8 * (1 + content.count / maxContent))
+        appendStdout(content, requestID: requestID, to: &records)
+        return records
+    }
+
+    static func appendStdout(_ content: [UInt8], requestID: UInt16, to records: inout [UInt8]) {
+        guard !content.isEmpty else { return }
+        records.reserveCapacity(records.count + content.count + 8 * (1 + content.count / maxContent))
         var start = 0
         repeat {
             let length = min(maxContent, content.count - start)
-            records += header(type: stdoutType, requestID: requestID, contentLength: length)
+            appendHeader(type: stdoutType, requestID: requestID, contentLength: length, to: &records)
             records += content[start..<(start + length)]
             start += length
         } while start < content.count
-        return records
     }
 
     /// The end of STDOUT, then the request complete with exit status 0.
     public static func end(requestID: UInt16) -> [UInt8] {
-        header(type: stdoutType, requestID: requestID, contentLength: 0)
-            + header(type: endRequestType, requestID: requestID, contentLength: 8)
-            + [0, 0, 0, 0, 0 /* FCGI_REQUEST_COMPLETE */, 0, 0, 0]
+        var records: [UInt8] = []
+        appendHeader(type: stdoutType, requestID: requestID, contentLength: 0, to: &records)
+        appendHeader(type: endRequestType, requestID: requestID, contentLength: 8, to: &records)
+        records += [0, 0, 0, 0, 0 /* FCGI_REQUEST_COMPLETE */, 0, 0, 0]
+        return records
     }
 
-    private static func header(type: UInt8, requestID: UInt16, contentLength: Int) -> [UInt8] {
-        [version, type, UInt8(requestID >> 8), UInt8(requestID & 0xFF),
-         UInt8(contentLength >> 8), UInt8(contentLength & 0xFF), 0, 0]
+    private static func appendHeader(type: UInt8, requestID: UInt16, contentLength: Int, to records: inout [UInt8]) {
+        let header = (version, type, UInt8(requestID >> 8), UInt8(requestID & 0xFF),
+                      UInt8(contentLength >> 8), UInt8(contentLength & 0xFF), UInt8(0), UInt8(0))
+        withUnsafeBytes(of: header) { records.append(contentsOf: $0) }
     }
 }

@@ -1,5 +1,3 @@
-import Glibc
-
 /// The parts of a `chat.completion.chunk` the agent acts on. The chunk itself is forwarded
 /// verbatim; this is only what we read from it.
 public struct ChatCompletionChunk: Equatable {
@@ -81,8 +79,7 @@ public struct ChatCompletionChunk: Equatable {
         case error, usage, choices, index, finishReason, delta, content, refusal, toolCalls
 
         init?(_ utf8: UnsafeBufferPointer<UInt8>) {
-            // Lengths are matched first; memcmp is a fraction of a generic elementsEqual here.
-            func equals(_ name: StaticString) -> Bool { memcmp(utf8.baseAddress!, name.utf8Start, utf8.count) == 0 }
+            func equals(_ name: StaticString) -> Bool { UnsafeRawBufferPointer(utf8).equals(name) }
             switch utf8.count {
             case 5 where equals("error"): self = .error
             case 5 where equals("usage"): self = .usage

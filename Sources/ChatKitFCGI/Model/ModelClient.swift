@@ -351,7 +351,7 @@ final class AnswerReader: TransferConsumer {
     private func handle(_ event: SSEEvent) -> Bool {
         // Read to the end after [DONE], so the connection stays reusable for the next request.
         if sawDone { return true }
-        if event.dataBytes.starts(with: "[DONE]".utf8) {
+        if event.dataBytes.withUnsafeBytes({ $0.starts(with: "[DONE]") }) {
             sawDone = true
             return true
         }

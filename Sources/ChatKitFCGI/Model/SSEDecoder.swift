@@ -117,18 +117,18 @@ public struct SSEDecoder {
         var valueStart = Swift.min(colon + 1, line.endIndex)
         if valueStart < line.endIndex, line[valueStart] == UInt8(ascii: " ") { valueStart += 1 }
         let value = UnsafeRawBufferPointer(rebasing: line[valueStart...])
-        if name.elementsEqual("data".utf8) {
+        if name.equals("data") {
             if hasData {
                 data.append(0x0A)
                 dataSpansLines = true
             }
             data.append(contentsOf: value)
             hasData = true
-        } else if name.elementsEqual("event".utf8) {
+        } else if name.equals("event") {
             event = String(decoding: value, as: UTF8.self)
-        } else if name.elementsEqual("id".utf8) {
+        } else if name.equals("id") {
             if !value.contains(0) { id = String(decoding: value, as: UTF8.self) }
-        } else if name.elementsEqual("retry".utf8) {
+        } else if name.equals("retry") {
             retry = Int(String(decoding: value, as: UTF8.self))
         }
     }

@@ -1,3 +1,5 @@
+import Glibc
+
 extension StringProtocol {
     /// Drops whitespace and line ends (including the "\r\n" grapheme) at both ends.
     func trimmed() -> SubSequence {
@@ -12,7 +14,24 @@ extension String {
     /// As a store keeps it: U+0000, which no PostgreSQL text can hold, becomes U+FFFD (the
     /// character that stands for one that could not be kept), in every store alike.
     var storable: String {
-        guard utf8.contains(0) else { return self }
+        // Searched where the bytes lie: through the view's iterator it costs several times more.
+        guard utf8.withContiguousStorageIfAvailable({ $0.contains(0) }) ?? utf8.contains(0) else { return self }
         return String(String.UnicodeScalarView(unicodeScalars.map { $0 == "\0" ? "\u{FFFD}" : $0 }))
+    }
+}
+
+/// Comparisons with a literal for bytes read off the wire: `memcmp`, where a generic
+/// `elementsEqual` against a `String.UTF8View` costs a few hundred instructions a call on the
+/// per-chunk path. Inlined, so the literal's length and address are constants.
+extension UnsafeRawBufferPointer {
+    @inline(__always)
+    func equals(_ literal: StaticString) -> Bool {
+        count == literal.utf8CodeUnitCount && starts(with: literal)
+    }
+
+    @inline(__always)
+    func starts(with literal: StaticString) -> Bool {
+        let length = literal.utf8CodeUnitCount
+        return count >= length && (length == 0 || memcmp(baseAddress!, literal.utf8Start, length) == 0)
     }
 }
