@@ -71,7 +71,7 @@ struct AttachmentEndpoint: Endpoint {
     }
 
     private func userAttachments(_ request: HTTPRequest, user: String) throws -> UserAttachments {
-        UserAttachments(store: try worker.store(), user: user, config: worker.app.config,
+        UserAttachments(store: try worker.store(), user: user, rules: worker.app.config.attachments,
                         links: worker.attachmentLinks(for: request, user: user))
     }
 

@@ -106,7 +106,7 @@ struct ChatEndpoint: Endpoint {
             guard let owned = try store.conversation(id: id, userID: user) else { throw APIError.notFound("conversation not found") }
             return owned
         }
-        let attachments = UserAttachments(store: store, user: user, config: worker.app.config,
+        let attachments = UserAttachments(store: store, user: user, rules: worker.app.config.attachments,
                                           links: worker.attachmentLinks(for: request, user: user))
         try worker.app.config.attachments.check(count: chat.files.count)
         // Every file checked before any is stored; stored, they are removed again if the message is not.

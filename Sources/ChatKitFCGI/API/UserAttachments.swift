@@ -23,10 +23,9 @@ public struct UploadedFile: Equatable {
 struct UserAttachments {
     let store: any Store
     let user: String
-    let config: Config
+    /// Not the whole `Config`: a turn's async frame holds this across the model call.
+    let rules: AttachmentRules
     let links: AttachmentLinks
-
-    private var rules: AttachmentRules { config.attachments }
 
     /// `attachments.create`: the attachment, its bytes to come to its signed upload URL.
     func create(name: String, size: Int, mimeType: String) throws -> JSON {
@@ -60,7 +59,7 @@ struct UserAttachments {
     }
 
     func register(_ attachment: Attachment) throws {
-        let staleBefore = Clock.unixMilliseconds() - Int64(config.unattachedSeconds) * 1000
+        let staleBefore = Clock.unixMilliseconds() - Int64(rules.unattachedSeconds) * 1000
         guard try store.createAttachment(attachment, userID: user, userMaxBytes: rules.userMaxBytes, staleBefore: staleBefore) else {
             throw APIError.forbidden("your attachments would take more than \(rules.userMaxBytes) bytes; delete some first")
         }
@@ -112,7 +111,7 @@ struct UserAttachments {
     /// The history the model reads, with the bytes of the attachments it is sent (all of the
     /// newest message's, then earlier ones within `CHATKIT_HISTORY_ATTACHMENT_BYTES`).
     func loadingData(into history: [ChatMessage]) throws -> [ChatMessage] {
-        let ids = history.attachmentsToSend(fittingIn: config.historyAttachmentBytes)
+        let ids = history.attachmentsToSend(fittingIn: rules.historyBytes)
         guard !ids.isEmpty else { return history }
         let data = try store.attachmentData(ids: ids, userID: user)
         return history.map { message in

@@ -14,6 +14,10 @@ public struct AttachmentRules: Sendable {
     public var perMessage = 10
     /// What one user's attachments may take together.
     public var userMaxBytes = 100 << 20
+    /// Replayed earlier attachments' bytes, beyond the newest message's own.
+    public var historyBytes = 20 << 20
+    /// Attachments never sent with a message are removed after this long.
+    public var unattachedSeconds = 86_400
 
     public init() {}
 

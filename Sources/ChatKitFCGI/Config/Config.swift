@@ -50,10 +50,6 @@ public struct Config: Sendable {
     public var shutdownGraceSeconds = 30
     public var publicURL: String?
     public var attachments = AttachmentRules()
-    /// Replayed earlier attachments' bytes, beyond the newest message's own.
-    public var historyAttachmentBytes = 20 << 20
-    /// Attachments never sent with a message are removed after this long.
-    public var unattachedSeconds = 86_400
     /// How long an attachment's signed upload and preview URLs work.
     public var attachmentURLSeconds = 3600
     public var urlSigningKey: String?
@@ -221,9 +217,9 @@ public struct Config: Sendable {
         integer("CHATKIT_ATTACHMENT_MAX_BYTES", &config.attachments.maxBytes, range: 1024...(512 << 20))
         integer("CHATKIT_ATTACHMENTS_PER_MESSAGE", &config.attachments.perMessage, range: 1...100)
         integer("CHATKIT_ATTACHMENT_USER_MAX_BYTES", &config.attachments.userMaxBytes, range: 0...(1 << 50))
-        integer("CHATKIT_ATTACHMENT_UNATTACHED_SECONDS", &config.unattachedSeconds, range: 60...(365 * 86_400))
+        integer("CHATKIT_ATTACHMENT_UNATTACHED_SECONDS", &config.attachments.unattachedSeconds, range: 60...(365 * 86_400))
         integer("CHATKIT_ATTACHMENT_URL_SECONDS", &config.attachmentURLSeconds, range: 10...86_400)
-        integer("CHATKIT_HISTORY_ATTACHMENT_BYTES", &config.historyAttachmentBytes, range: 0...(1 << 40))
+        integer("CHATKIT_HISTORY_ATTACHMENT_BYTES", &config.attachments.historyBytes, range: 0...(1 << 40))
         if let types = value("CHATKIT_ATTACHMENT_TYPES") {
             let list = types.split(separator: ",").map { $0.trimmed().lowercased() }.filter { !$0.isEmpty }
             let unknown = list.filter { AttachmentRules.kind(of: $0) == nil }

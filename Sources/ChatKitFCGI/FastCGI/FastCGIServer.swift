@@ -150,7 +150,7 @@ public final class FastCGIServer: Sendable {
 
     private func serve(_ request: UnsafeMutablePointer<FCGX_Request>) async {
         let exchange = FastCGIExchange(
-            reading: request, bodyLimit: app.config.bodyLimit(forPath:), metrics: app.metrics,
+            reading: request, bodyLimit: { [app] in app.config.bodyLimit(forPath: $0) }, metrics: app.metrics,
             writeWaitSeconds: app.config.stallTimeoutSeconds)
         var log: RequestLog
         switch exchange.incoming {

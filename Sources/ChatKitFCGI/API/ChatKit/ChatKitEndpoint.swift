@@ -28,7 +28,7 @@ struct ChatKitRequests {
     let links: AttachmentLinks
 
     private var attachments: UserAttachments {
-        UserAttachments(store: store, user: user, config: worker.app.config, links: links)
+        UserAttachments(store: store, user: user, rules: worker.app.config.attachments, links: links)
     }
 
     /// The requests that call the model (a turn, or dictation): each takes one of the user's
