@@ -98,6 +98,33 @@ struct ChatEndpoint: Endpoint {
     }
 
     func handle(_ request: HTTPRequest, writer: ResponseWriter, log: inout RequestLog) async throws {
+        let turn = try begin(request, writer: writer)
+        var usage = ChatCompletionChunk.Usage()
+        defer { worker.endModelUse(by: turn.user, store: turn.store, usage: usage) }
+        let stream = ChatStream(conversationID: turn.conversation.id, writer: writer, app: worker.app)
+        let summary = try await worker.chatAgent.run(
+            history: turn.history, context: worker.toolContext(for: turn.user, store: turn.store), observer: stream
+        ) { messages in try turn.store.append(messages, to: turn.conversation.id) }
+        usage = summary.usage
+        log.rounds = summary.rounds
+        log.retries = summary.retries
+        log.usage = summary.usage
+        stream.finish(summary.end, log: &log)
+    }
+
+    /// A turn whose message is stored, holding one of its user's stream places.
+    private struct Turn {
+        let user: String
+        let store: any Store
+        let conversation: Conversation
+        let history: [ChatMessage]
+    }
+
+    /// Everything before the model call: the request read and checked, a stream place taken
+    /// (`endModelUse` gives it back), the message stored. Not inlined into `handle`: an async
+    /// function's frame keeps room for its temporaries for as long as the stream lasts.
+    @inline(never)
+    private func begin(_ request: HTTPRequest, writer: ResponseWriter) throws -> Turn {
         let user = try worker.admit(request, writer: writer)
         guard request.hasJSONBody else { throw APIError.unsupportedMediaType }
         let chat = try ChatRequest(body: request.body)
@@ -108,37 +135,28 @@ struct ChatEndpoint: Endpoint {
         }
         let attachments = UserAttachments(store: store, user: user, rules: worker.app.config.attachments,
                                           links: worker.attachmentLinks(for: request, user: user))
-        try worker.app.config.attachments.check(count: chat.files.count)
+        try attachments.rules.check(count: chat.files.count)
         // Every file checked before any is stored; stored, they are removed again if the message is not.
         let message = ChatMessage.user(chat.message, attachments: try chat.files.map(attachments.checked))
         try worker.beginModelUse(by: user, store: store, writer: writer)
-        var usage = ChatCompletionChunk.Usage()
-        defer { worker.endModelUse(by: user, store: store, usage: usage) }
-        let conversation: Conversation
-        let history: [ChatMessage]
-        if let owned {
-            conversation = owned
-            try attachments.registering(message.attachments) { try store.append([message], to: owned.id) }
-            history = try attachments.loadingData(
-                into: store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit))
-        } else {
+        do {
+            if let owned {
+                try attachments.registering(message.attachments) { try store.append([message], to: owned.id) }
+                let history = try attachments.loadingData(
+                    into: store.recentMessages(conversationID: owned.id, limit: worker.app.config.historyLimit))
+                return Turn(user: user, store: store, conversation: owned, history: history)
+            }
             // The conversation and its first message in one write.
             let title = Titles.truncate(Titles.source(of: message))
-            conversation = try attachments.registering(message.attachments) {
+            let conversation = try attachments.registering(message.attachments) {
                 try store.createConversation(userID: user, title: title, first: [ConversationEntry(message)])
             }
-            history = [message]  // just written, its files' bytes in hand: no need to read it back
+            // Just written, its files' bytes in hand: no need to read it back.
+            return Turn(user: user, store: store, conversation: conversation, history: [message])
+        } catch {
+            worker.endModelUse(by: user, store: store, usage: ChatCompletionChunk.Usage())
+            throw error
         }
-
-        let stream = ChatStream(conversationID: conversation.id, writer: writer, app: worker.app)
-        let summary = try await worker.chatAgent.run(
-            history: history, context: worker.toolContext(for: user, store: store), observer: stream
-        ) { messages in try store.append(messages, to: conversation.id) }
-        usage = summary.usage
-        log.rounds = summary.rounds
-        log.retries = summary.retries
-        log.usage = summary.usage
-        stream.finish(summary.end, log: &log)
     }
 }
 

@@ -308,14 +308,11 @@ struct ChatKitRequests {
 
     private func runAgent(in conversation: Conversation, history knownHistory: [ChatMessage]? = nil, sse: SSEWriter,
                           writer: ResponseWriter, log: inout RequestLog, titleSource: String?) async throws {
-        sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
-        let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
         // A new thread's title: a truncation is known now and rides along with the first items.
         let titleSourceIfUntitled = conversation.title.isEmpty ? titleSource : nil
         let truncatedTitle = worker.app.config.titleStyle == .truncate ? titleSourceIfUntitled.map { Titles.truncate($0) } : nil
-        stream.titleToStore = truncatedTitle
-        let history = try attachments.loadingData(into: knownHistory
-            ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit))
+        let (stream, history) = try startRun(in: conversation, history: knownHistory, sse: sse, writer: writer,
+                                             title: truncatedTitle)
         let summary = try await worker.chatKitAgent.run(history: history, context: worker.toolContext(for: user, store: store),
                                                   observer: stream, record: stream.record)
         log.rounds = summary.rounds
@@ -333,5 +330,19 @@ struct ChatKitRequests {
             }
             sse.send(["type": "thread.updated", "thread": ChatKitItems.thread(titled)])
         }
+    }
+
+    /// The stream's options sent, its observer made, the history the model reads. Not inlined
+    /// into `runAgent`: an async function's frame keeps room for its temporaries for as long as
+    /// the stream lasts.
+    @inline(never)
+    private func startRun(in conversation: Conversation, history knownHistory: [ChatMessage]?, sse: SSEWriter,
+                          writer: ResponseWriter, title: String?) throws -> (ChatKitStream, [ChatMessage]) {
+        sse.send(["type": "stream_options", "stream_options": ["allow_cancel": true]])
+        let stream = ChatKitStream(conversation: conversation, store: store, sse: sse, writer: writer, app: worker.app)
+        stream.titleToStore = title
+        let history = try attachments.loadingData(into: knownHistory
+            ?? store.recentMessages(conversationID: conversation.id, limit: worker.app.config.historyLimit))
+        return (stream, history)
     }
 }
