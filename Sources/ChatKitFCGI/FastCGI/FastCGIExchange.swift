@@ -23,8 +23,6 @@ final class FastCGIExchange: ResponseWriter {
     let method: String
     let path: String
     private var pendingHead: [UInt8] = []
-    /// The records of one write, the buffer reused for every write: this is the per-token path.
-    private var outgoing: [UInt8] = []
     private(set) var headWritten = false
     var extraHeaders: [(String, String)] = []
     private(set) var status = 0
@@ -193,15 +191,17 @@ final class FastCGIExchange: ResponseWriter {
         guard !failed else { return false }
         let contentCount = pendingHead.count + bytes.count
         guard contentCount > 0 else { return true }
-        outgoing.removeAll(keepingCapacity: true)
+        // Made to size and freed after the write: a buffer kept for reuse would hold its
+        // largest record for as long as the stream lasts.
+        var records: [UInt8] = []
         if pendingHead.isEmpty {
-            FastCGIRecords.appendStdout(bytes, requestID: recordID, to: &outgoing)
+            FastCGIRecords.appendStdout(bytes, requestID: recordID, to: &records)
         } else {
-            FastCGIRecords.appendStdout(pendingHead + bytes, requestID: recordID, to: &outgoing)
+            FastCGIRecords.appendStdout(pendingHead + bytes, requestID: recordID, to: &records)
             pendingHead = []
         }
         provenRoom -= Self.charge(contentCount)
-        return send(outgoing)
+        return send(records)
     }
 
     private func send(_ records: [UInt8]) -> Bool {

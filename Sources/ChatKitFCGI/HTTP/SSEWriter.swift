@@ -13,8 +13,12 @@ public final class SSEWriter {
 
     public init(writer: ResponseWriter) {
         self.writer = writer
-        buffer.reserveCapacity(1024)
+        buffer.reserveCapacity(Self.keptCapacity)
     }
+
+    /// What the record buffer keeps between records. One larger record (a new thread's first
+    /// items) gets a buffer of its own, not kept for as long as the stream lasts.
+    private static let keptCapacity = 1024
 
     public static let headers: [(String, String)] = [
         ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -67,7 +71,14 @@ public final class SSEWriter {
     private static let donePayload = Array("[DONE]".utf8)
 
     private func flush() -> Bool {
-        defer { buffer.removeAll(keepingCapacity: true) }
+        defer {
+            if buffer.capacity > Self.keptCapacity {
+                buffer = []
+                buffer.reserveCapacity(Self.keptCapacity)
+            } else {
+                buffer.removeAll(keepingCapacity: true)
+            }
+        }
         guard !clientGone else { return false }
         if !writer.write(buffer) { clientGone = true }
         lastWriteMilliseconds = Clock.monotonicMilliseconds()
