@@ -72,3 +72,33 @@ import Testing
         #expect(events == [SSEEvent(event: nil, data: "x", id: nil, retry: 1500)])
     }
 }
+
+@Suite struct ByteComparisonTests {
+    private func check(_ text: String, equals literal: StaticString) -> Bool {
+        Array(text.utf8).withUnsafeBytes { $0.equals(literal) }
+    }
+
+    private func check(_ text: String, startsWith literal: StaticString) -> Bool {
+        Array(text.utf8).withUnsafeBytes { $0.starts(with: literal) }
+    }
+
+    @Test func comparesWholeBytesWithLiteralsOfAnyLength() {
+        #expect(check("data", equals: "data"))
+        #expect(!check("datas", equals: "data"))
+        #expect(!check("dat", equals: "data"))
+        #expect(check("", equals: ""))
+        #expect(!check("", equals: "d"))
+        // A one-character literal may be kept as its scalar, with no bytes in memory.
+        #expect(check(":", equals: ":"))
+        #expect(check("é", equals: "é"))
+        #expect(!check(";", equals: ":"))
+    }
+
+    @Test func comparesPrefixes() {
+        #expect(check("[DONE]", startsWith: "[DONE]"))
+        #expect(check("[DONE] and more", startsWith: "[DONE]"))
+        #expect(!check("[DON", startsWith: "[DONE]"))
+        #expect(check("x", startsWith: ""))
+        #expect(check(":x", startsWith: ":"))
+    }
+}

@@ -11,14 +11,16 @@ public final class SSEWriter {
     public private(set) var clientGone = false
     private var lastWriteMilliseconds = Clock.monotonicMilliseconds()
 
+    /// What the record buffer keeps between records (malloc rounds the 1 KiB asked for up). One
+    /// larger record (a new thread's first items) gets a buffer of its own, not kept for as long
+    /// as the stream lasts.
+    private let keptCapacity: Int
+
     public init(writer: ResponseWriter) {
         self.writer = writer
-        buffer.reserveCapacity(Self.keptCapacity)
+        buffer.reserveCapacity(1024)
+        keptCapacity = buffer.capacity
     }
-
-    /// What the record buffer keeps between records. One larger record (a new thread's first
-    /// items) gets a buffer of its own, not kept for as long as the stream lasts.
-    private static let keptCapacity = 1024
 
     public static let headers: [(String, String)] = [
         ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -72,9 +74,9 @@ public final class SSEWriter {
 
     private func flush() -> Bool {
         defer {
-            if buffer.capacity > Self.keptCapacity {
+            if buffer.capacity > keptCapacity {
                 buffer = []
-                buffer.reserveCapacity(Self.keptCapacity)
+                buffer.reserveCapacity(keptCapacity)
             } else {
                 buffer.removeAll(keepingCapacity: true)
             }

@@ -26,12 +26,18 @@ extension String {
 extension UnsafeRawBufferPointer {
     @inline(__always)
     func equals(_ literal: StaticString) -> Bool {
-        count == literal.utf8CodeUnitCount && starts(with: literal)
+        literal.withUTF8Buffer { count == $0.count && hasPrefix($0) }
     }
 
     @inline(__always)
     func starts(with literal: StaticString) -> Bool {
-        let length = literal.utf8CodeUnitCount
-        return count >= length && (length == 0 || memcmp(baseAddress!, literal.utf8Start, length) == 0)
+        literal.withUTF8Buffer { hasPrefix($0) }
+    }
+
+    /// A literal of one character may be kept as its scalar, without bytes in memory:
+    /// `withUTF8Buffer` gives both kinds as bytes.
+    @inline(__always)
+    private func hasPrefix(_ prefix: UnsafeBufferPointer<UInt8>) -> Bool {
+        count >= prefix.count && (prefix.isEmpty || memcmp(baseAddress!, prefix.baseAddress!, prefix.count) == 0)
     }
 }
