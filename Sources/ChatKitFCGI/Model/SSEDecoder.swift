@@ -53,6 +53,10 @@ public struct SSEDecoder {
     /// Feeds bytes and calls `dispatch` for every complete event, in order.
     public mutating func feed(_ input: UnsafeRawBufferPointer, dispatch: (SSEEvent) throws -> Void) rethrows {
         var position = 0
+        // The next LF at or after `position` (the input's end if none), kept from line to line:
+        // searched again only once passed, so a stream of CR-ended lines is not searched to its
+        // end for each line.
+        var nextLineFeed = -1
         while position < input.count {
             if atStreamStart {
                 let byte = input[position]
@@ -72,7 +76,8 @@ public struct SSEDecoder {
                     continue
                 }
             }
-            let end = Self.lineEnd(in: input, from: position)
+            if nextLineFeed < position { nextLineFeed = Self.firstIndex(of: 0x0A, in: input, from: position, before: input.count) }
+            let end = Self.firstIndex(of: 0x0D, in: input, from: position, before: nextLineFeed)
             let piece = UnsafeRawBufferPointer(rebasing: input[position..<end])
             guard end < input.count else {
                 partialLine.append(contentsOf: piece)
@@ -94,14 +99,12 @@ public struct SSEDecoder {
         }
     }
 
-    /// Where the line starting at `start` ends: its first CR or LF, or the end of the input.
-    /// Two memchr calls (the LF, then a CR before it) cost a fraction of a loop over the bytes.
-    private static func lineEnd(in input: UnsafeRawBufferPointer, from start: Int) -> Int {
-        guard let base = input.baseAddress?.advanced(by: start) else { return start }
-        var length = input.count - start
-        if let lineFeed = memchr(base, 0x0A, length) { length = UnsafeRawPointer(lineFeed) - base }
-        if let carriageReturn = memchr(base, 0x0D, length) { length = UnsafeRawPointer(carriageReturn) - base }
-        return start + length
+    /// Where `byte` first is in `input[start..<end]`, or `end`: memchr, a fraction of the cost
+    /// of a loop over the bytes on the per-chunk path.
+    private static func firstIndex(of byte: UInt8, in input: UnsafeRawBufferPointer, from start: Int, before end: Int) -> Int {
+        guard start < end, let base = input.baseAddress?.advanced(by: start), let found = memchr(base, Int32(byte), end - start)
+        else { return end }
+        return start + (UnsafeRawPointer(found) - base)
     }
 
     public mutating func feed(_ bytes: [UInt8], dispatch: (SSEEvent) throws -> Void) rethrows {
