@@ -88,7 +88,6 @@ import Testing
         #expect(!check("dat", equals: "data"))
         #expect(check("", equals: ""))
         #expect(!check("", equals: "d"))
-        // A one-character literal may be kept as its scalar, with no bytes in memory.
         #expect(check(":", equals: ":"))
         #expect(check("é", equals: "é"))
         #expect(!check(";", equals: ":"))

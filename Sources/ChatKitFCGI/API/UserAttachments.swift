@@ -23,7 +23,7 @@ public struct UploadedFile: Equatable {
 struct UserAttachments {
     let store: any Store
     let user: String
-    /// The limits it applies, not the whole `Config` (505 bytes, copied with every value of this).
+    /// The limits it applies, not the whole `Config`, which would be copied with every value of this.
     let rules: AttachmentRules
     let links: AttachmentLinks
 

@@ -34,8 +34,8 @@ extension UnsafeRawBufferPointer {
         literal.withUTF8Buffer { hasPrefix($0) }
     }
 
-    /// A literal of one character may be kept as its scalar, without bytes in memory:
-    /// `withUTF8Buffer` gives both kinds as bytes.
+    /// A `StaticString` may hold one Unicode scalar instead of a pointer to bytes
+    /// (`utf8Start` would trap on it); `withUTF8Buffer` gives either as bytes.
     @inline(__always)
     private func hasPrefix(_ prefix: UnsafeBufferPointer<UInt8>) -> Bool {
         count >= prefix.count && (prefix.isEmpty || memcmp(baseAddress!, prefix.baseAddress!, prefix.count) == 0)
